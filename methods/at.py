@@ -1,0 +1,65 @@
+"""Attention transfer (Zagoruyko & Komodakis 2017), activation-based, p = 2.
+
+A layer's attention map is ``Σ_c |A_c|^p`` over channels, flattened and L2-normalized; the
+loss is ``β/2 · Σ_layers mean_{batch, positions} (Q_S − Q_T)²`` as in the authors' code, with
+their β = 1000. Channel counts may differ; the larger map is pooled to the smaller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from otbench.errors import ConfigError
+
+from .base import (
+    HyperParam,
+    StepOutputs,
+    TransferContext,
+    TransferMethod,
+    pair_features,
+    pool_to_smaller,
+    register_method,
+)
+
+
+def attention_map(features: Tensor, p: int = 2) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, H·W)``: normalized spatial attention."""
+    return F.normalize(features.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def at_loss(teacher: Tensor, student: Tensor, p: int = 2) -> Tensor:
+    """Mean over batch and positions of ``(Q_S − Q_T)²``."""
+    teacher, student = pool_to_smaller(teacher, student)
+    return (attention_map(student, p) - attention_map(teacher, p)).pow(2).mean()
+
+
+@register_method("at")
+class AttentionTransfer(TransferMethod):
+    """Matches where each layer looks, not what its channels say; widths may differ."""
+
+    summary = "spatial attention maps (Zagoruyko & Komodakis 2017)"
+    reads = frozenset({"student_features", "teacher_features"})
+    needs_layer_pairs = True
+    hyperparams = (
+        HyperParam("weight", "float", 1000.0, 1.0, 1e4, log=True,
+                   help="β (the loss is β/2 · Σ layers)"),
+        HyperParam("p", "int", 2, 1, 4, searchable=False, help="exponent of |A|^p"),
+    )
+
+    def __init__(self, context: TransferContext, **hparams: Any) -> None:
+        super().__init__(context, **hparams)
+        for pair in self.pairs:
+            if len(pair.teacher_shape) != 3 or len(pair.student_shape) != 3:
+                raise ConfigError(f"method 'at' needs convolutional layers (C, H, W), got "
+                                  f"{pair.describe()}; pair two convolutional layers")
+
+    def forward(self, step: StepOutputs) -> dict[str, Tensor]:
+        terms = {}
+        for pair in self.pairs:
+            teacher, student = pair_features(step, pair)
+            loss = at_loss(teacher.detach(), student, self.hparams["p"])
+            terms[f"at/{pair.key}"] = self.hparams["weight"] / 2 * pair.weight * loss
+        return terms

@@ -1,0 +1,252 @@
+"""The optimal-transport regularizer of Li, Grandvalet, Flamary, Courty & Dou (2021).
+
+Each channel of a layer is a neuron, sampled by its activations over a batch (and space):
+teacher ``T ∈ R^{n_t × d}``, student ``S ∈ R^{n_s × d}``. A layer is the uniform measure on its
+neurons and the regularizer is ``Ω = min_{P ∈ Π(1/n_t, 1/n_s)} <P, C>`` with
+``C_ij = ||T_i − S_j||²``. The plan is solved without gradient and the loss is ``<P*, C>``: by
+the envelope theorem that is the gradient of Ω, and it reaches the student only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+import ot
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from otbench.errors import ConfigError
+
+from .base import (
+    HyperParam,
+    LayerPair,
+    StepOutputs,
+    TransferContext,
+    TransferMethod,
+    flatten_neurons,
+    pair_features,
+    pool_to_smaller,
+    register_method,
+)
+
+SOLVERS = ("auto", "exact", "assignment", "sinkhorn")
+NORMALIZATIONS = ("none", "center", "standardize", "unit")
+COST_SCALES = ("mean", "sum")
+SPATIAL_MODES = ("pool", "error")
+
+#: Network-simplex iteration cap. POT's default (1e5) stops short of optimal well before
+#: 2048 × 2048 neurons; this is a cap, not a cost: the solver stops at the optimum.
+EMD_MAX_ITER = 100_000_000
+
+
+class OTSolverWarning(UserWarning):
+    """An OT solver stopped before it reached its optimum or tolerance."""
+
+
+@dataclass(frozen=True)
+class OTSettings:
+    """How Ω is computed. ``epsilon`` is relative to the mean cost, so it is scale-free."""
+
+    solver: Literal["auto", "exact", "assignment", "sinkhorn"] = "auto"
+    normalize: Literal["none", "center", "standardize", "unit"] = "none"
+    cost_scale: Literal["mean", "sum"] = "mean"
+    spatial: Literal["pool", "error"] = "pool"
+    epsilon: float = 1e-2
+    sinkhorn_max_iter: int = 10_000
+    sinkhorn_tol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name, valid in (("solver", SOLVERS), ("normalize", NORMALIZATIONS),
+                            ("cost_scale", COST_SCALES), ("spatial", SPATIAL_MODES)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"OT setting {name}={getattr(self, name)!r} is not one of "
+                                  f"{list(valid)}")
+        if not self.epsilon > 0:
+            raise ConfigError(f"OT setting epsilon must be > 0, got {self.epsilon}")
+
+    @classmethod
+    def from_kwargs(cls, settings: dict[str, Any]) -> OTSettings:
+        valid = {f.name for f in fields(cls)}
+        unknown = set(settings) - valid
+        if unknown:
+            raise ConfigError(f"unknown OT setting(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        return cls(**settings)
+
+
+def match_spatial(teacher: Tensor, student: Tensor, spatial: str,
+                  where: str = "") -> tuple[Tensor, Tensor]:
+    """Bring both feature maps to one batch and spatial size (pool the larger), or explain."""
+    where = where or (f"teacher features {tuple(teacher.shape)} / student features "
+                      f"{tuple(student.shape)}")
+    if teacher.shape[0] != student.shape[0]:
+        raise ConfigError(f"OT needs the same batch on both sides: {where}")
+    if teacher.dim() != student.dim() or teacher.dim() not in (2, 4):
+        raise ConfigError(f"OT cannot match a {teacher.dim()}-d and a {student.dim()}-d layer: "
+                          f"{where}. Pair layers of the same kind (both convolutional or both "
+                          "fully connected)")
+    if teacher.dim() == 2 or teacher.shape[2:] == student.shape[2:]:
+        return teacher, student
+    if spatial == "error":
+        raise ConfigError(f"OT layers differ in spatial size: {where}. Pair layers of equal "
+                          "size or set spatial='pool'")
+    return pool_to_smaller(teacher, student)
+
+
+def normalize_neurons(neurons: Tensor, mode: str) -> Tensor:
+    """Per-neuron normalization of a ``(n, d)`` matrix; makes Ω blind to scale or offset."""
+    if mode == "none":
+        return neurons
+    if mode == "unit":
+        return F.normalize(neurons, dim=1)
+    centered = neurons - neurons.mean(dim=1, keepdim=True)
+    if mode == "center":
+        return centered
+    return centered / centered.std(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def cost_matrix(teacher: Tensor, student: Tensor, cost_scale: str = "mean") -> Tensor:
+    """Squared distances ``||T_i − S_j||²`` in one matrix product; divided by d for 'mean'."""
+    sq = (teacher.pow(2).sum(1, keepdim=True) + student.pow(2).sum(1).unsqueeze(0)
+          - 2.0 * teacher @ student.t()).clamp_min(0.0)
+    return sq / teacher.shape[1] if cost_scale == "mean" else sq
+
+
+def _uniform(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n)
+
+
+def _exact_plan(cost: np.ndarray) -> np.ndarray:
+    n_t, n_s = cost.shape
+    plan, log = ot.emd(_uniform(n_t), _uniform(n_s), cost, numItermax=EMD_MAX_ITER, log=True)
+    if log.get("result_code", 1) != 1:
+        warnings.warn(f"exact OT did not reach the optimum on a {n_t}×{n_s} cost: "
+                      f"{log.get('warning')}", OTSolverWarning, stacklevel=3)
+    return plan
+
+
+def _assignment_plan(cost: np.ndarray) -> np.ndarray:
+    n_t, n_s = cost.shape
+    if n_t != n_s:
+        raise ConfigError(f"solver 'assignment' needs equal widths, got {n_t} teacher and "
+                          f"{n_s} student neurons; use solver 'auto' or 'exact'")
+    rows, cols = linear_sum_assignment(cost)
+    plan = np.zeros_like(cost)
+    plan[rows, cols] = 1.0 / n_t
+    return plan
+
+
+def _sinkhorn_plan(cost: np.ndarray, settings: OTSettings) -> np.ndarray:
+    n_t, n_s = cost.shape
+    a, b = _uniform(n_t), _uniform(n_s)
+    reg = settings.epsilon * max(float(cost.mean()), 1e-12)
+    plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log",
+                       numItermax=settings.sinkhorn_max_iter,
+                       stopThr=settings.sinkhorn_tol, warn=False)
+    marginal_error = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
+    if not np.isfinite(marginal_error) or marginal_error > 10 * settings.sinkhorn_tol:
+        warnings.warn(f"Sinkhorn did not converge in {settings.sinkhorn_max_iter} iterations "
+                      f"(marginal error {marginal_error:.2e} > tolerance "
+                      f"{settings.sinkhorn_tol:.0e}); raise epsilon or sinkhorn_max_iter",
+                      OTSolverWarning, stacklevel=3)
+    return plan
+
+
+def resolve_solver(solver: str, n_t: int, n_s: int) -> str:
+    """'auto' picks the fastest exact solver: assignment for equal widths, else simplex."""
+    if solver != "auto":
+        return solver
+    return "assignment" if n_t == n_s else "exact"
+
+
+def transport_plan(cost: Tensor, settings: OTSettings) -> Tensor:
+    """The optimal plan for a ``(n_t, n_s)`` cost, computed without gradient in float64."""
+    cost64 = cost.detach().to("cpu", torch.float64).numpy()
+    solver = resolve_solver(settings.solver, *cost64.shape)
+    if solver == "exact":
+        plan = _exact_plan(cost64)
+    elif solver == "assignment":
+        plan = _assignment_plan(cost64)
+    else:
+        plan = _sinkhorn_plan(cost64, settings)
+    return torch.from_numpy(plan).to(device=cost.device, dtype=cost.dtype)
+
+
+def transport_cost(cost: Tensor, settings: OTSettings) -> Tensor:
+    """``<P*, C>``: the plan is a constant, so the gradient is the envelope theorem's."""
+    return (transport_plan(cost, settings) * cost).sum()
+
+
+def neuron_costs(teacher_features: Tensor, student_features: Tensor,
+                 settings: OTSettings, where: str = "") -> Tensor:
+    """The cost matrix between the neurons of two layers' features."""
+    teacher, student = match_spatial(teacher_features, student_features, settings.spatial, where)
+    t = normalize_neurons(flatten_neurons(teacher), settings.normalize)
+    s = normalize_neurons(flatten_neurons(student), settings.normalize)
+    return cost_matrix(t, s, settings.cost_scale)
+
+
+def ot_distance(teacher_features: Tensor, student_features: Tensor,
+                **settings: Any) -> Tensor:
+    """Ω between two layers' features, ``(B, C, H, W)`` or ``(B, C)``, differentiable in both.
+
+    Keyword settings are the fields of :class:`OTSettings` (solver, normalize, cost_scale,
+    spatial, epsilon...). Usable outside training, e.g. to compare two trained networks.
+    """
+    config = OTSettings.from_kwargs(settings)
+    return transport_cost(neuron_costs(teacher_features, student_features, config), config)
+
+
+def check_pair_shapes(pair: LayerPair, spatial: str) -> None:
+    """Fail before training on a pair OT cannot compare, naming both layers and shapes."""
+    t, s = pair.teacher_shape, pair.student_shape
+    if len(t) != len(s) or len(t) not in (1, 3):
+        raise ConfigError(f"method 'ot' cannot compare {pair.describe()}: pair two "
+                          "convolutional or two fully connected layers")
+    if len(t) == 3 and t[1:] != s[1:] and spatial == "error":
+        raise ConfigError(f"method 'ot': spatial sizes differ for {pair.describe()}; set "
+                          "spatial='pool' or pair layers of equal size")
+
+
+@register_method("ot")
+class OTTransfer(TransferMethod):
+    """λ · Σ_layers w_l · Ω(teacher layer, student layer): the paper's regularizer."""
+
+    summary = "Wasserstein distance between teacher and student neurons (Li et al. 2021)"
+    reads = frozenset({"student_features", "teacher_features"})
+    needs_layer_pairs = True
+    hyperparams = (
+        HyperParam("weight", "float", 0.1, 1e-4, 10.0, log=True,
+                   help="λ, the weight of the summed regularizer"),
+        HyperParam("solver", "categorical", "auto", choices=SOLVERS, searchable=False,
+                   help="auto = assignment for equal widths, network simplex otherwise"),
+        HyperParam("epsilon", "float", 1e-2, 1e-4, 1.0, log=True, searchable=False,
+                   help="Sinkhorn entropic weight, relative to the mean cost"),
+        HyperParam("normalize", "categorical", "none", choices=NORMALIZATIONS,
+                   searchable=False, help="per-neuron normalization before the cost"),
+        HyperParam("cost_scale", "categorical", "mean", choices=COST_SCALES,
+                   searchable=False, help="mean divides the cost by d = B·H·W"),
+        HyperParam("spatial", "categorical", "pool", choices=SPATIAL_MODES, searchable=False,
+                   help="pool the larger feature map to the smaller one, or refuse"),
+    )
+
+    def __init__(self, context: TransferContext, **hparams: Any) -> None:
+        super().__init__(context, **hparams)
+        hp = dict(self.hparams)
+        self.weight = hp.pop("weight")
+        self.settings = OTSettings(**hp)
+        for pair in self.pairs:
+            check_pair_shapes(pair, self.settings.spatial)
+
+    def forward(self, step: StepOutputs) -> dict[str, Tensor]:
+        terms = {}
+        for pair in self.pairs:
+            teacher, student = pair_features(step, pair)
+            cost = neuron_costs(teacher.detach(), student, self.settings, pair.describe())
+            omega = transport_cost(cost, self.settings)
+            terms[f"ot/{pair.key}"] = self.weight * pair.weight * omega
+        return terms
