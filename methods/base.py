@@ -115,8 +115,9 @@ class LayerPair:
 class TransferContext:
     """Everything a method may need at construction time.
 
-    ``start_weights`` are the student's parameters before training (the teacher's, in
-    ``transfer``); ``head`` names the student's parameters that are new (its classifier).
+    ``same_architecture`` means the student has the teacher's architecture and starts from its
+    weights (scenario ``transfer``). ``start_weights`` are the student's parameters before
+    training; ``head`` names the student's parameters that are new (its classifier).
     """
 
     teacher: nn.Module
@@ -154,7 +155,8 @@ class TransferMethod(nn.Module):
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
         super().__init__()
         self.hparams = resolve_hparams(type(self), hparams)
-        check_applicable(type(self), context)
+        check_applicable(type(self), context.scenario, same_architecture=context.same_architecture,
+                         same_labels=context.same_labels, has_pairs=bool(context.pairs))
         self.pairs = tuple(context.pairs)
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
@@ -223,19 +225,24 @@ def resolve_hparams(cls: type[TransferMethod], given: Mapping[str, Any]) -> dict
     return {name: hp.validate(given.get(name, hp.default)) for name, hp in declared.items()}
 
 
-def check_applicable(cls: type[TransferMethod], context: TransferContext) -> None:
-    """Refuse a pairing the method cannot handle, saying why and what to use instead."""
-    if cls.needs_same_architecture and not context.same_architecture:
+def check_applicable(cls: type[TransferMethod], scenario: str, *, same_architecture: bool,
+                     same_labels: bool, has_pairs: bool = True) -> None:
+    """Refuse a pairing the method cannot handle, saying why and what to use instead.
+
+    Called by the runner before anything trains, and again when a method is built.
+    """
+    if cls.needs_same_architecture and not same_architecture:
         raise ConfigError(
-            f"method {cls.name!r} does not apply to scenario {context.scenario!r}: it compares "
-            "student weights with the teacher's, so it needs the same architecture. "
-            "Use a feature-based method (ot, fitnets, at) instead.")
-    if cls.needs_same_labels and not context.same_labels:
+            f"method {cls.name!r} does not apply to scenario {scenario!r}: it compares "
+            "student weights with the teacher's, so it needs the same architecture, started "
+            "from the teacher's weights (scenario 'transfer'). Use a feature-based method "
+            "(ot, fitnets, at) instead.")
+    if cls.needs_same_labels and not same_labels:
         raise ConfigError(
-            f"method {cls.name!r} does not apply to scenario {context.scenario!r}: it matches "
-            "teacher and student predictions, so it needs the same label set. "
-            "Use a feature-based method (ot, fitnets, at) instead.")
-    if cls.needs_layer_pairs and not context.pairs:
+            f"method {cls.name!r} does not apply to scenario {scenario!r}: it matches "
+            "teacher and student predictions, so it needs the same label set (scenario "
+            "'distill'). Use a feature-based method (ot, fitnets, at) instead.")
+    if cls.needs_layer_pairs and not has_pairs:
         raise ConfigError(f"method {cls.name!r} needs at least one layer pair; set "
                           "'layers' in the config or use models that declare feature taps")
 

@@ -1,0 +1,112 @@
+"""The ``otbench`` command line. Every deliberate error exits with code 2 and one message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import yaml
+
+from otbench import __version__
+from otbench.errors import OtbenchError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML run config (defaults apply without one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.1")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as --set device=…)")
+    parser.add_argument("--results-dir", help="where caches and the MLflow store live")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under "
+                        "the results folder)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resolved_config(args: argparse.Namespace):
+    from .config import resolve_run_config
+
+    shortcuts = {"device": args.device, "results_dir": args.results_dir,
+                 "tracking_uri": args.tracking_uri}
+    overrides = [*args.overrides, *(f"{k}={v}" for k, v in shortcuts.items() if v is not None)]
+    return resolve_run_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import execute_run, plan_run
+
+    cfg = _resolved_config(args)
+    if args.test:
+        cfg.evaluate_test = True
+    plan_run(cfg)  # validate names and pairings even when only printing
+    if args.print_config:
+        print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
+        return 0
+    result = execute_run(cfg, progress=not args.quiet)
+    test = "" if result.test_acc is None else f"  test acc {result.test_acc:.4f}"
+    print(f"run {result.run_id}: {cfg.scenario} {cfg.method} on {cfg.task}: "
+          f"val acc {result.val_acc:.4f}{test}")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from .runner import plan_run
+    from .teachers import get_teacher
+    from .tracking import tracking_uri_for
+
+    cfg = _resolved_config(args)
+    plan = plan_run(cfg)
+    teacher = get_teacher(plan.teacher_request, device=plan.device, data_dir=cfg.data_dir,
+                          download=cfg.download, results_dir=cfg.results_dir,
+                          tracking_uri=tracking_uri_for(cfg.tracking_uri, cfg.results_dir),
+                          experiment=cfg.experiment, progress=not args.quiet)
+    print(f"teacher {cfg.teacher.model} on {plan.teacher_request.task}: {teacher.source}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from otbench.methods import get_method, method_names
+
+    for name in method_names():
+        cls = get_method(name)
+        print(f"{name:10s} {cls.summary}")
+        print(f"{'':10s} applies: {cls.applicability()}; reads: "
+              f"{', '.join(sorted(cls.reads)) or 'nothing'}")
+        for hp in cls.hyperparams:
+            print(f"{'':10s}   {hp.describe()}" + (f"  — {hp.help}" if hp.help else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otbench", description="Representation-transfer "
+                                     "benchmark centred on optimal transport.")
+    parser.add_argument("--version", action="version", version=f"otbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+        "run": (cmd_run, "one training run of a student under one method"),
+        "teacher": (cmd_teacher, "train (or load from the cache) the teacher of a config"),
+        "methods": (cmd_methods, "list the registered methods, their settings and scope"),
+    }
+    for name, (handler, help_text) in commands.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        if name in ("run", "teacher"):
+            _add_config_args(command)
+    run = sub.choices["run"]
+    run.add_argument("--print-config", action="store_true", help="print the resolved config "
+                     "and exit")
+    run.add_argument("--test", action="store_true", help="also score on the test split")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except OtbenchError as err:
+        print(f"otbench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""One training run, end to end: validate → teacher → student → method → train → MLflow.
+
+Everything that can be checked without training is checked in :func:`plan_run` before any
+file or MLflow run is written, so a bad config costs a second and leaves no trace.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from otbench.errors import ConfigError
+from otbench.methods import LayerPair, TransferContext, TransferMethod, get_method
+from otbench.methods.base import check_applicable, resolve_hparams
+
+from . import tracking
+from .config import SCENARIOS, RunConfig, flatten
+from .data import TaskData, TaskSpec, load_task
+from .models import (
+    ModelSpec,
+    build_model,
+    default_layer_pairs,
+    feature_shapes,
+    get_model_spec,
+    head_parameter_names,
+    replace_head,
+)
+from .teachers import Teacher, TeacherRequest, get_teacher
+from .train import EpochLog, Student, accuracy, run_epochs
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: parsed tasks, looked-up models and method, resolved parameters."""
+
+    config: RunConfig
+    task: TaskSpec
+    teacher_request: TeacherRequest
+    teacher_spec: ModelSpec
+    student_spec: ModelSpec
+    method: type[TransferMethod]
+    params: dict[str, Any]
+    device: torch.device
+
+    @property
+    def scenario(self) -> dict[str, bool]:
+        return SCENARIOS[self.config.scenario]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    val_acc: float
+    test_acc: float | None
+    history: list[EpochLog]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:1``, ``mps`` or ``auto``; an absent device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a device; use cpu, cuda, cuda:N or auto") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available here; "
+                          "use --device cpu")
+    return device
+
+
+def plan_run(cfg: RunConfig) -> RunPlan:
+    """Check every name and pairing in ``cfg``; raises :class:`ConfigError` naming the field."""
+    task = replace(TaskSpec.parse(cfg.task, split_seed=cfg.split_seed),
+                   val_fraction=cfg.val_fraction)
+    teacher_task = _teacher_task(cfg, task)
+    teacher_spec = get_model_spec(cfg.teacher.model)
+    student_spec = _student_spec(cfg, teacher_spec)
+    method = get_method(cfg.method)
+    params = resolve_hparams(method, cfg.params)
+    scenario = SCENARIOS[cfg.scenario]
+    check_applicable(method, cfg.scenario, same_architecture=scenario["starts_from_teacher"],
+                     same_labels=scenario["same_labels"])
+    if cfg.layer_weights is not None and cfg.layers is None:
+        raise ConfigError("layer_weights needs layers: list the (teacher, student) pairs too")
+    return RunPlan(cfg, task, TeacherRequest(cfg.teacher, teacher_task, cfg.image_size),
+                   teacher_spec, student_spec, method, params, resolve_device(cfg.device))
+
+
+
+
+def _teacher_task(cfg: RunConfig, task: TaskSpec) -> TaskSpec | None:
+    """The teacher's task: its own for transfer/cross, the run's for distill."""
+    if cfg.teacher.weights is not None:
+        return None
+    if cfg.teacher.task is None:
+        if cfg.scenario == "distill":
+            return replace(task, per_class=None, split_seed=0)
+        raise ConfigError(f"teacher.task is required for scenario {cfg.scenario!r}: the "
+                          "source task the teacher is trained on (e.g. teacher.task=digits:0-4)")
+    spec = replace(TaskSpec.parse(cfg.teacher.task), val_fraction=cfg.val_fraction)
+    same_labels = spec.dataset == task.dataset and spec.classes == task.classes
+    if cfg.scenario == "distill" and not same_labels:
+        raise ConfigError(f"scenario 'distill' trains the teacher on the student's task, but "
+                          f"teacher.task={cfg.teacher.task!r} has other classes than "
+                          f"task={cfg.task!r}; use scenario 'cross' or drop teacher.task")
+    if cfg.scenario in ("transfer", "cross") and same_labels:
+        raise ConfigError(f"scenario {cfg.scenario!r} moves to a new task, but teacher.task="
+                          f"{cfg.teacher.task!r} has the same classes as task={cfg.task!r}; "
+                          "use scenario 'distill' or another source task")
+    return spec
+
+
+def _student_spec(cfg: RunConfig, teacher: ModelSpec) -> ModelSpec:
+    """The student's architecture; in transfer it is the teacher's."""
+    if not SCENARIOS[cfg.scenario]["starts_from_teacher"]:
+        if cfg.student is None:
+            raise ConfigError(f"student is required for scenario {cfg.scenario!r} (e.g. "
+                              "student=cnn-s)")
+        return get_model_spec(cfg.student)
+    explicit = "student" in cfg.model_fields_set  # the default student is for scratch runs
+    if explicit and cfg.student not in (None, teacher.name):
+        raise ConfigError(f"scenario 'transfer' starts the student from the teacher, so "
+                          f"student must be the teacher's model {teacher.name!r}, got "
+                          f"{cfg.student!r}; use scenario 'cross' for another architecture")
+    return teacher
+
+
+def build_student(plan: RunPlan, teacher: Teacher, task: TaskData) -> nn.Module:
+    """Transfer: the teacher's weights with a new head; otherwise a fresh model."""
+    if task.in_channels != teacher.in_channels:
+        raise ConfigError(f"the teacher takes {teacher.in_channels}-channel images but task "
+                          f"{plan.config.task!r} has {task.in_channels}; pick tasks with the "
+                          "same kind of images")
+    if not plan.scenario["starts_from_teacher"]:
+        return build_model(plan.student_spec.name, task.num_classes, task.in_channels)
+    student = copy.deepcopy(teacher.model).train()
+    student.requires_grad_(True)
+    return replace_head(student, plan.student_spec, task.num_classes)
+
+
+def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
+                task: TaskData) -> list[LayerPair]:
+    """Configured or default (by stage) pairs, with per-example feature shapes."""
+    if not plan.method.needs_layer_pairs and not plan.method.reads & {"student_features",
+                                                                      "teacher_features"}:
+        return []
+    names = plan.config.layers or default_layer_pairs(plan.teacher_spec, plan.student_spec)
+    weights = plan.config.layer_weights or [1.0] * len(names)
+    if len(weights) != len(names):
+        raise ConfigError(f"layer_weights has {len(weights)} values for {len(names)} layer "
+                          "pairs; give one weight per pair")
+    shape = (task.in_channels, task.image_size, task.image_size)
+    t_shapes = feature_shapes(teacher, [t for t, _ in names], shape)
+    s_shapes = feature_shapes(student, [s for _, s in names], shape)
+    return [LayerPair(t, s, t_shapes[t], s_shapes[s], w)
+            for (t, s), w in zip(names, weights, strict=True)]
+
+
+def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
+    cfg = plan.config
+    return tracking.standard_tags(stage, scenario=cfg.scenario, task=cfg.task,
+                                  method=cfg.method, seed=cfg.seed, teacher=cfg.teacher.model,
+                                  student=plan.student_spec.name, **cfg.tags)
+
+
+def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None = None,
+                on_epoch: Callable[[EpochLog], None] | None = None,
+                progress: bool = True) -> RunResult:
+    """Train one student under one method and log it; see the module docstring."""
+    plan = plan_run(cfg)
+    uri = tracking.tracking_uri_for(cfg.tracking_uri, cfg.results_dir)
+    task = load_task(plan.task, data_dir=cfg.data_dir, download=cfg.download,
+                     device=plan.device, image_size=cfg.image_size)
+    teacher = get_teacher(plan.teacher_request, device=plan.device, data_dir=cfg.data_dir,
+                          download=cfg.download, results_dir=cfg.results_dir, tracking_uri=uri,
+                          experiment=cfg.experiment, progress=progress)
+    torch.manual_seed(cfg.seed)
+    student = build_student(plan, teacher, task).to(plan.device)
+    pairs = layer_pairs(plan, teacher.model, student, task)
+    context = TransferContext(
+        teacher=teacher.model, student=student, pairs=pairs, scenario=cfg.scenario,
+        same_architecture=plan.scenario["starts_from_teacher"],
+        same_labels=plan.scenario["same_labels"],
+        start_weights={n: p.detach().clone() for n, p in student.named_parameters()},
+        head=head_parameter_names(student, plan.student_spec))
+    method = plan.method(context, **plan.params).to(plan.device)
+    reads = plan.method.reads
+    runner = Student(student, method,
+                     teacher=teacher.model if reads & {"teacher_features", "teacher_logits"}
+                     else None,
+                     student_taps=[p.student for p in pairs] if "student_features" in reads
+                     else [],
+                     teacher_taps=[p.teacher for p in pairs] if "teacher_features" in reads
+                     else [])
+    return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, on_epoch,
+                         progress)
+
+
+def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
+                  stage: str, parent_run_id: str | None,
+                  on_epoch: Callable[[EpochLog], None] | None, progress: bool) -> RunResult:
+    cfg = plan.config
+    resolved = cfg.model_dump()
+    resolved["params"] = plan.params
+    with tracking.mlflow_run(uri, cfg.experiment, run_name=f"{cfg.scenario} {cfg.method} "
+                             f"{cfg.task} seed{cfg.seed}", tags=run_tags(plan, stage),
+                             artifact_root=Path(cfg.results_dir) / "artifacts",
+                             parent_run_id=parent_run_id) as run:
+        run.log_params(flatten(resolved))
+        run.log_params({"layer_pairs": [[p.teacher, p.student] for p in runner.method.pairs],
+                        "teacher_source": teacher.source})
+        run.log_dict(resolved, "config.yaml")
+
+        def log_epoch(log: EpochLog) -> None:
+            run.log_metrics(log.metrics(), step=log.epoch)
+            if on_epoch is not None:
+                on_epoch(log)
+
+        generator = torch.Generator().manual_seed(cfg.seed)
+        history = run_epochs(runner, task, cfg.train, generator=generator, on_epoch=log_epoch,
+                             progress=progress, description=f"{cfg.method} {cfg.task}")
+        val_acc = history[-1].val_acc
+        final = {"val/acc_final": val_acc}
+        test_acc = accuracy(runner.model, task.test, task) if cfg.evaluate_test else None
+        if test_acc is not None:
+            final["test/acc"] = test_acc
+        run.log_metrics(final, step=cfg.train.epochs)
+    return RunResult(run.run_id, val_acc, test_acc, history)
+
+

@@ -1,0 +1,166 @@
+"""MLflow tracking: the only module that writes to MLflow.
+
+Uses ``MlflowClient`` with explicit run ids (no global "active run"), so several runs, child
+runs and worker processes never step on each other, and every run is closed with a status.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from filelock import FileLock
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+import otbench
+
+#: MLflow's limit on a param value's length.
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(results_dir: str | Path) -> str:
+    """A SQLite store under the results folder: no server needed on a laptop."""
+    path = Path(results_dir).resolve() / "mlflow.db"
+    return f"sqlite:///{path}"
+
+
+def tracking_uri_for(tracking_uri: str | None, results_dir: str | Path) -> str:
+    return tracking_uri or default_tracking_uri(results_dir)
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """A client whose store exists; creating a fresh SQLite store is serialized by a lock,
+    since two processes running MLflow's migrations on one new file crash."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db) + ".lock"):
+            client = MlflowClient(tracking_uri)
+            client.search_experiments(max_results=1)  # runs the migrations under the lock
+        return client
+    return MlflowClient(tracking_uri)
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
+    """Get or create an experiment by name, tolerating a concurrent creator."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it between the two calls
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+@cache
+def git_commit() -> str:
+    """The commit of the otbench source tree, with '-dirty' when it has local changes."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=source, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty.strip() else "")
+
+
+@cache
+def software_versions() -> dict[str, str]:
+    """Versions that decide a run's numbers, recorded on every run."""
+    import mlflow
+    import numpy
+    import optuna
+    import ot
+    import torch
+
+    return {"otbench": otbench.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__, "pot": ot.__version__,
+            "mlflow": mlflow.__version__, "optuna": optuna.__version__}
+
+
+def standard_tags(stage: str, **tags: Any) -> dict[str, str]:
+    """DESIGN §5 tags: stage plus whatever identifies the run, with provenance."""
+    versions = software_versions()
+    base = {"stage": stage, "git_commit": git_commit(), "otbench_version": versions["otbench"]}
+    base.update({f"version.{k}": v for k, v in versions.items()})
+    base.update({k: str(v) for k, v in tags.items() if v is not None})
+    return base
+
+
+class RunLogger:
+    """Logs to one MLflow run; metrics are stamped with their step (the epoch)."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):  # MLflow's batch limit on params
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, data: Mapping[str, Any], filename: str) -> None:
+        """Write a YAML artifact (the resolved config, a summary...)."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / filename
+            path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+            self.client.log_artifact(self.run_id, str(path))
+
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True)
+    return text.strip().removesuffix("...").strip()[:MAX_PARAM_LENGTH]
+
+
+@contextmanager
+def mlflow_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, Any],
+               artifact_root: Path | None = None,
+               parent_run_id: str | None = None) -> Iterator[RunLogger]:
+    """Open a run and always close it: FINISHED, KILLED on Ctrl-C, FAILED with the reason."""
+    client = client_for(tracking_uri)
+    exp = experiment_id(client, experiment, artifact_root)
+    run_tags = {k: str(v) for k, v in tags.items()}
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp, tags=run_tags, run_name=run_name)
+    logger = RunLogger(client, run.info.run_id)
+    try:
+        yield logger
+    except KeyboardInterrupt:
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as err:
+        logger.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:5000]})
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
