@@ -53,6 +53,12 @@ class RunPlan:
         return SCENARIOS[self.config.scenario]
 
 
+@dataclass(frozen=True)
+class RunHooks:
+    on_epoch: Callable[[EpochLog], None] | None = None
+    on_start: Callable[[str], None] | None = None
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -173,8 +179,13 @@ def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
 
 def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None = None,
                 on_epoch: Callable[[EpochLog], None] | None = None,
+                on_start: Callable[[str], None] | None = None,
                 progress: bool = True) -> RunResult:
-    """Train one student under one method and log it; see the module docstring."""
+    """Train one student under one method and log it; see the module docstring.
+
+    ``on_start`` receives the MLflow run id once the run exists (a sweep records it, so a
+    run whose worker died can be closed later); ``on_epoch`` may raise to stop the run.
+    """
     plan = plan_run(cfg)
     uri = tracking.tracking_uri_for(cfg.tracking_uri, cfg.results_dir)
     task = load_task(plan.task, data_dir=cfg.data_dir, download=cfg.download,
@@ -200,13 +211,14 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
                      else [],
                      teacher_taps=[p.teacher for p in pairs] if "teacher_features" in reads
                      else [])
-    return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, on_epoch,
+    hooks = RunHooks(on_epoch, on_start)
+    return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, hooks,
                          progress)
 
 
 def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
-                  stage: str, parent_run_id: str | None,
-                  on_epoch: Callable[[EpochLog], None] | None, progress: bool) -> RunResult:
+                  stage: str, parent_run_id: str | None, hooks: RunHooks,
+                  progress: bool) -> RunResult:
     cfg = plan.config
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
@@ -214,6 +226,8 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
                              f"{cfg.task} seed{cfg.seed}", tags=run_tags(plan, stage),
                              artifact_root=Path(cfg.results_dir) / "artifacts",
                              parent_run_id=parent_run_id) as run:
+        if hooks.on_start is not None:
+            hooks.on_start(run.run_id)
         run.log_params(flatten(resolved))
         run.log_params({"layer_pairs": [[p.teacher, p.student] for p in runner.method.pairs],
                         "teacher_source": teacher.source})
@@ -221,8 +235,8 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
 
         def log_epoch(log: EpochLog) -> None:
             run.log_metrics(log.metrics(), step=log.epoch)
-            if on_epoch is not None:
-                on_epoch(log)
+            if hooks.on_epoch is not None:
+                hooks.on_epoch(log)
 
         generator = torch.Generator().manual_seed(cfg.seed)
         history = run_epochs(runner, task, cfg.train, generator=generator, on_epoch=log_epoch,

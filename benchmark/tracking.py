@@ -27,6 +27,11 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 import otbench
 
+
+class RunStopped(Exception):
+    """Raised inside a run to stop it on purpose (e.g. pruned by a sweep): status KILLED."""
+
+
 #: MLflow's limit on a param value's length.
 MAX_PARAM_LENGTH = 6000
 
@@ -146,7 +151,8 @@ def _param_value(value: Any) -> str:
 def mlflow_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, Any],
                artifact_root: Path | None = None,
                parent_run_id: str | None = None) -> Iterator[RunLogger]:
-    """Open a run and always close it: FINISHED, KILLED on Ctrl-C, FAILED with the reason."""
+    """Open a run and always close it: FINISHED; KILLED on Ctrl-C or :class:`RunStopped`;
+    FAILED with the reason as the ``failure_reason`` tag."""
     client = client_for(tracking_uri)
     exp = experiment_id(client, experiment, artifact_root)
     run_tags = {k: str(v) for k, v in tags.items()}
@@ -156,7 +162,8 @@ def mlflow_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mappi
     logger = RunLogger(client, run.info.run_id)
     try:
         yield logger
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped) as err:
+        logger.set_tags({"stopped_reason": f"{type(err).__name__}: {err}"[:5000]})
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as err:

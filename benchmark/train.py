@@ -98,9 +98,9 @@ def accuracy(model: nn.Module, split: Split, task: TaskData, batch_size: int = 5
     return correct / max(1, len(split.y))
 
 
-def check_finite(task_loss: Tensor, terms: dict[str, Tensor], where: str) -> None:
+def check_finite(terms: dict[str, Tensor], where: str) -> None:
     """Raise naming the first term that is NaN or infinite (the task loss included)."""
-    for name, value in {"task": task_loss, **terms}.items():
+    for name, value in terms.items():
         if not torch.isfinite(value).all():
             raise NonFiniteLossError(
                 f"loss term {name!r} became {value.item()} at {where}; lower that term's "
@@ -179,7 +179,7 @@ def _train_epoch(run: Student, batches: BatchIterator, optimizer: torch.optim.Op
     start = time.perf_counter()
     for index, (x, y) in enumerate(batches):
         loss, terms, seconds = train_step(run, x, y, cfg.amp)
-        check_finite(terms.pop("task"), terms, f"epoch {epoch}, step {index}")
+        check_finite(terms, f"epoch {epoch}, step {index}")
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the total loss became {loss.item()} at epoch {epoch}, "
                                      f"step {index}; lower the learning rate")
