@@ -86,8 +86,9 @@ def read_cache(path: Path, request: TeacherRequest) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise TeacherCacheError(f"teacher cache {str(path)!r} is corrupt ({type(err).__name__}: "
-                                f"{err}); delete it to retrain the teacher") from None
+                                f"{reason}); delete it to retrain the teacher") from None
     if not isinstance(payload, Mapping) or not {"key", "state_dict"} <= set(payload):
         raise TeacherCacheError(f"teacher cache {str(path)!r} is not an otbench teacher file; "
                                 "delete it to retrain the teacher")

@@ -154,7 +154,7 @@ def run_epochs(run: Student, task: TaskData, cfg: TrainConfig, *, generator: tor
     scheduler = make_scheduler(optimizer, cfg)
     batches = BatchIterator(task.train, cfg.batch_size, shuffle=True, generator=generator,
                             augment=make_augmenter(task.family), normalize=make_normalizer(task),
-                            drop_last=len(task.train.y) > cfg.batch_size)
+                            drop_last=len(task.train.y) % cfg.batch_size == 1)  # BN needs 2
     if run.teacher is not None:
         run.teacher.eval()
     history = []

@@ -66,8 +66,7 @@ class HyperParam:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: expected true/false, got {value!r}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a {self.kind}, got {value!r}")
+        value = _number(value, f"{where}: expected a {self.kind}, got {value!r}")
         if self.kind == "int":
             if not float(value).is_integer():
                 raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -89,6 +88,18 @@ class HyperParam:
             space = f"[{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
         fixed = "" if self.searchable else " (fixed unless a suite searches it)"
         return f"{self.name}={self.default!r} {space}{fixed}"
+
+
+def _number(value: Any, error: str) -> float | int:
+    """A number from a number or a numeric string (YAML reads ``1e-3`` as a string)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(error) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(error)
+    return value
 
 
 @dataclass(frozen=True)
