@@ -167,7 +167,11 @@ def transport_plan(cost: Tensor, settings: OTSettings) -> Tensor:
     """The optimal plan for a ``(n_t, n_s)`` cost, computed without gradient in float64."""
     cost64 = cost.detach().to("cpu", torch.float64).numpy()
     solver = resolve_solver(settings.solver, *cost64.shape)
-    if solver == "exact":
+    if not np.isfinite(cost64).all():
+        # Diverged features: any feasible plan keeps the loss non-finite, so the training
+        # loop reports which term went bad instead of the solver failing obscurely.
+        plan = np.outer(_uniform(cost64.shape[0]), _uniform(cost64.shape[1]))
+    elif solver == "exact":
         plan = _exact_plan(cost64)
     elif solver == "assignment":
         plan = _assignment_plan(cost64)

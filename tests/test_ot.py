@@ -169,3 +169,11 @@ def test_normalization_makes_omega_blind_to_what_it_removes(normalize: str) -> N
     student = teacher[:, torch.randperm(5)] * scale + offset
     assert ot_distance(teacher, student, normalize=normalize).item() == pytest.approx(0, abs=1e-9)
     assert ot_distance(teacher, student).item() > 0.5
+
+
+def test_diverged_features_give_a_non_finite_value_without_solver_noise() -> None:
+    teacher, student = features(4, 6, seed=22), features(4, 6, seed=23)
+    student[0, 0] = float("inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not torch.isfinite(ot_distance(teacher, student, solver="exact"))
