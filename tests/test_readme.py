@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 from otbench.methods import method_names
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def ci_commands() -> list[str]:
     """The lines .ci/run marks as the README's (each follows a '# README:' comment)."""
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
-    return [after for before, after in zip(lines, lines[1:], strict=False)
+    return [after for before, after in pairwise(lines)
             if before.startswith("# README:")]
 
 
