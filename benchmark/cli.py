@@ -11,6 +11,8 @@ import yaml
 from otbench import __version__
 from otbench.errors import OtbenchError
 
+from .plugins import load_plugins
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML run config (defaults apply without one)")
@@ -92,16 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name in ("run", "teacher"):
             _add_config_args(command)
+    from otbench.reports.cli import add_command as add_report_command
+    add_report_command(sub)
     run = sub.choices["run"]
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
                      "and exit")
     run.add_argument("--test", action="store_true", help="also score on the test split")
+    for command in sub.choices.values():
+        command.add_argument("--plugin", dest="plugins", action="append", default=[],
+                             metavar="PATH_OR_MODULE", help="a .py file or module registering "
+                             "extra methods (repeatable)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        load_plugins(args.plugins)
         return args.handler(args)
     except OtbenchError as err:
         print(f"otbench: error: {err}", file=sys.stderr)

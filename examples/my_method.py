@@ -1,0 +1,33 @@
+"""An example plugin: a user's own transfer method, compared against OT without editing otbench.
+
+Run it with ``otbench run configs/cross.yaml --plugin examples/my_method.py --set method=cosine``
+or in a sweep with ``otbench sweep examples/compare.yaml --plugin examples/my_method.py``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from otbench.methods import HyperParam, StepOutputs, TransferMethod, register_method
+from otbench.methods.base import pair_features, pool_to_smaller
+
+
+@register_method("cosine")
+class CosineMatching(TransferMethod):
+    """1 − cosine similarity between channel-averaged teacher and student feature maps."""
+
+    summary = "example plugin: cosine distance of channel-mean feature maps"
+    reads = frozenset({"student_features", "teacher_features"})
+    needs_layer_pairs = True
+    hyperparams = (HyperParam("weight", "float", 1.0, 1e-3, 10.0, log=True,
+                              help="weight of the summed cosine distances"),)
+
+    def forward(self, step: StepOutputs) -> dict[str, Tensor]:
+        terms = {}
+        for pair in self.pairs:
+            teacher, student = pool_to_smaller(*pair_features(step, pair))
+            t_map, s_map = teacher.mean(1).flatten(1), student.mean(1).flatten(1)
+            distance = 1 - F.cosine_similarity(t_map, s_map, dim=1).mean()
+            terms[f"cosine/{pair.key}"] = self.hparams["weight"] * pair.weight * distance
+        return terms
