@@ -95,6 +95,9 @@ class RunConfig(Strict):
     tracking_uri: str | None = None
     experiment: str = "otbench"
     evaluate_test: bool = Field(False, description="score on the test split (final stage)")
+    diagnostics: bool = Field(True, description="per-epoch OT/CKA/matching diagnostics")
+    probe_size: PositiveInt = Field(256, description="validation examples in the probe batch")
+    save_model: bool = Field(True, description="log the trained student as model.pt")
     tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
 
 

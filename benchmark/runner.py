@@ -7,6 +7,7 @@ file or MLflow run is written, so a bad config costs a second and leaves no trac
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from otbench.methods.base import check_applicable, resolve_hparams
 from . import tracking
 from .config import SCENARIOS, RunConfig, flatten
 from .data import TaskData, TaskSpec, load_task
+from .diagnostics import DiagnosticsRecorder, probe_batch
 from .models import (
     ModelSpec,
     build_model,
@@ -154,10 +156,8 @@ def build_student(plan: RunPlan, teacher: Teacher, task: TaskData) -> nn.Module:
 
 def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
                 task: TaskData) -> list[LayerPair]:
-    """Configured or default (by stage) pairs, with per-example feature shapes."""
-    if not plan.method.needs_layer_pairs and not plan.method.reads & {"student_features",
-                                                                      "teacher_features"}:
-        return []
+    """Configured or default (by stage) pairs, with per-example feature shapes; computed for
+    every method, since the diagnostics compare these layers whatever the method reads."""
     names = plan.config.layers or default_layer_pairs(plan.teacher_spec, plan.student_spec)
     weights = plan.config.layer_weights or [1.0] * len(names)
     if len(weights) != len(names):
@@ -168,6 +168,17 @@ def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
     s_shapes = feature_shapes(student, [s for _, s in names], shape)
     return [LayerPair(t, s, t_shapes[t], s_shapes[s], w)
             for (t, s), w in zip(names, weights, strict=True)]
+
+
+def _log_files(run: tracking.RunLogger, model: nn.Module | None,
+               recorder: DiagnosticsRecorder | None) -> None:
+    """The trained student (for ``otbench analyze``) and the diagnostics' matchings."""
+    with tempfile.TemporaryDirectory() as folder:
+        if model is not None:
+            torch.save(model.state_dict(), Path(folder) / "model.pt")
+            run.log_file(Path(folder) / "model.pt")
+        if recorder is not None:
+            run.log_file(recorder.save(Path(folder) / "diagnostics.npz"))
 
 
 def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
@@ -211,14 +222,18 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
                      else [],
                      teacher_taps=[p.teacher for p in pairs] if "teacher_features" in reads
                      else [])
+    recorder = None
+    if cfg.diagnostics and pairs:
+        recorder = DiagnosticsRecorder(teacher.model, student, pairs,
+                                       probe_batch(task.val, task, cfg.probe_size))
     hooks = RunHooks(on_epoch, on_start)
     return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, hooks,
-                         progress)
+                         progress, recorder)
 
 
 def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
                   stage: str, parent_run_id: str | None, hooks: RunHooks,
-                  progress: bool) -> RunResult:
+                  progress: bool, recorder: DiagnosticsRecorder | None) -> RunResult:
     cfg = plan.config
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
@@ -232,9 +247,12 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         run.log_params({"layer_pairs": [[p.teacher, p.student] for p in runner.method.pairs],
                         "teacher_source": teacher.source})
         run.log_dict(resolved, "config.yaml")
+        if recorder is not None:
+            run.log_metrics(recorder.record(0), step=0)
 
         def log_epoch(log: EpochLog) -> None:
-            run.log_metrics(log.metrics(), step=log.epoch)
+            diagnostics = recorder.record(log.epoch) if recorder is not None else {}
+            run.log_metrics({**log.metrics(), **diagnostics}, step=log.epoch)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(log)
 
@@ -247,6 +265,7 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         if test_acc is not None:
             final["test/acc"] = test_acc
         run.log_metrics(final, step=cfg.train.epochs)
+        _log_files(run, runner.model if cfg.save_model else None, recorder)
     return RunResult(run.run_id, val_acc, test_acc, history)
 
 

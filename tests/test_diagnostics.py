@@ -1,0 +1,68 @@
+"""Per-epoch diagnostics: logged for every method, equal to the functions, training unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from otbench.benchmark.config import resolve_run_config
+from otbench.benchmark.diagnostics import layer_snapshot
+from otbench.benchmark.runner import execute_run
+from otbench.benchmark.tracking import default_tracking_uri
+from otbench.methods import ot_distance
+from otbench.methods.similarity import linear_cka
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EPOCHS = 3
+
+
+def run(results: Path, method: str, *overrides: str):
+    cfg = resolve_run_config(CONFIGS / "cross.yaml", [
+        f"method={method}", f"train.epochs={EPOCHS}", "teacher.train.epochs=2",
+        f"results_dir={results}", *overrides])
+    return execute_run(cfg, progress=False)
+
+
+def test_the_snapshot_equals_the_functions_on_the_same_tensors() -> None:
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(16, 8, 3, 3, generator=g), torch.randn(16, 5, 3, 3, generator=g)
+    snap = layer_snapshot(t, s)
+    assert snap.ot == pytest.approx(ot_distance(t, s).item(), rel=1e-6)
+    assert snap.cka == pytest.approx(linear_cka(t, s).item(), rel=1e-6)
+    assert snap.identity is None and snap.matching.shape == (5,)
+
+
+@pytest.mark.parametrize("method", ["finetune", "fitnets"])
+def test_every_epoch_logs_diagnostics_and_the_matchings_artifact(tmp_path, method) -> None:
+    result = run(tmp_path, method)
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    metrics = client.get_run(result.run_id).data.metrics
+    layers = sorted(k.removeprefix("diag/ot/") for k in metrics if k.startswith("diag/ot/"))
+    assert layers == ["stage1", "stage2", "stage3"]
+    for quantity in ("ot", "cka", "entropy", "stability"):
+        history = client.get_metric_history(result.run_id, f"diag/{quantity}/stage3")
+        first = 1 if quantity == "stability" else 0  # stability compares with the epoch before
+        assert sorted(m.step for m in history) == list(range(first, EPOCHS + 1)), quantity
+    folder = client.download_artifacts(result.run_id, "diagnostics.npz", str(tmp_path))
+    arrays = np.load(folder)
+    assert arrays["epochs"].tolist() == list(range(EPOCHS + 1))
+    assert arrays["matching/stage3"].shape[0] == EPOCHS + 1
+    assert arrays["plan_first/stage3"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_diagnostics_do_not_change_training(tmp_path) -> None:
+    on = run(tmp_path, "ot", "diagnostics=true")
+    off = run(tmp_path, "ot", "diagnostics=false")
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    weights = []
+    for result in (on, off):
+        path = client.download_artifacts(result.run_id, "model.pt", str(tmp_path / result.run_id))
+        weights.append(torch.load(path, weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    assert "diag/ot/stage1" not in client.get_run(off.run_id).data.metrics
