@@ -11,6 +11,7 @@ import yaml
 from otbench import __version__
 from otbench.errors import OtbenchError
 
+from .analyze import add_command as add_analyze_command
 from .plugins import load_plugins
 
 
@@ -94,12 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name in ("run", "teacher"):
             _add_config_args(command)
-    from otbench.reports.cli import add_command as add_report_command
-    add_report_command(sub)
     run = sub.choices["run"]
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
                      "and exit")
     run.add_argument("--test", action="store_true", help="also score on the test split")
+    add_analyze_command(sub)
     for command in sub.choices.values():
         command.add_argument("--plugin", dest="plugins", action="append", default=[],
                              metavar="PATH_OR_MODULE", help="a .py file or module registering "

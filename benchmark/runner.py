@@ -237,6 +237,7 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
     cfg = plan.config
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
+    resolved["student"] = plan.student_spec.name  # in transfer, the teacher's architecture
     with tracking.mlflow_run(uri, cfg.experiment, run_name=f"{cfg.scenario} {cfg.method} "
                              f"{cfg.task} seed{cfg.seed}", tags=run_tags(plan, stage),
                              artifact_root=Path(cfg.results_dir) / "artifacts",
