@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from otbench.methods import HyperParam, StepOutputs, TransferMethod, register_method
-from otbench.methods.base import pair_features, pool_to_smaller
+from otbench.methods import HyperParam, LayerPair, StepOutputs, TransferMethod, register_method
+from otbench.methods.base import per_pair_terms, pool_to_smaller
 
 
 @register_method("cosine")
@@ -24,10 +24,10 @@ class CosineMatching(TransferMethod):
                               help="weight of the summed cosine distances"),)
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
-        terms = {}
-        for pair in self.pairs:
-            teacher, student = pool_to_smaller(*pair_features(step, pair))
-            t_map, s_map = teacher.mean(1).flatten(1), student.mean(1).flatten(1)
-            distance = 1 - F.cosine_similarity(t_map, s_map, dim=1).mean()
-            terms[f"cosine/{pair.key}"] = self.hparams["weight"] * pair.weight * distance
-        return terms
+        return per_pair_terms("cosine", self.pairs, step, self.hparams["weight"], cosine_distance)
+
+
+def cosine_distance(_pair: LayerPair, teacher: Tensor, student: Tensor) -> Tensor:
+    teacher, student = pool_to_smaller(teacher, student)
+    t_map, s_map = teacher.mean(1).flatten(1), student.mean(1).flatten(1)
+    return 1 - F.cosine_similarity(t_map, s_map, dim=1).mean()

@@ -19,7 +19,7 @@ from .base import (
     StepOutputs,
     TransferContext,
     TransferMethod,
-    pair_features,
+    per_pair_terms,
     pool_to_smaller,
     register_method,
 )
@@ -57,9 +57,5 @@ class AttentionTransfer(TransferMethod):
                                   f"{pair.describe()}; pair two convolutional layers")
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
-        terms = {}
-        for pair in self.pairs:
-            teacher, student = pair_features(step, pair)
-            loss = at_loss(teacher.detach(), student, self.hparams["p"])
-            terms[f"at/{pair.key}"] = self.hparams["weight"] / 2 * pair.weight * loss
-        return terms
+        return per_pair_terms("at", self.pairs, step, self.hparams["weight"] / 2,
+                              lambda _, t, s: at_loss(t, s, self.hparams["p"]))

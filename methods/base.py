@@ -267,6 +267,18 @@ def pair_features(step: StepOutputs, pair: LayerPair) -> tuple[Tensor, Tensor]:
                           f"the pair is {pair.describe()}") from None
 
 
+def per_pair_terms(prefix: str, pairs: Sequence[LayerPair], step: StepOutputs, weight: float,
+                   loss: Callable[[LayerPair, Tensor, Tensor], Tensor]) -> dict[str, Tensor]:
+    """``{prefix/layer: weight · pair weight · loss(pair, teacher, student)}`` for every pair;
+    teacher features are detached, so no gradient can reach the teacher."""
+    terms = {}
+    for pair in pairs:
+        teacher, student = pair_features(step, pair)
+        terms[f"{prefix}/{pair.key}"] = weight * pair.weight * loss(pair, teacher.detach(),
+                                                                    student)
+    return terms
+
+
 def flatten_neurons(features: Tensor) -> Tensor:
     """``(B, C, H, W)`` or ``(B, C)`` -> ``(C, B·H·W)``: one row per neuron (channel)."""
     if features.dim() == 2:

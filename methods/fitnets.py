@@ -20,7 +20,7 @@ from .base import (
     StepOutputs,
     TransferContext,
     TransferMethod,
-    pair_features,
+    per_pair_terms,
     pool_to_smaller,
     register_method,
 )
@@ -54,15 +54,14 @@ class FitNets(TransferMethod):
         self.regressors = nn.ModuleDict({_key(p): make_regressor(p) for p in self.pairs})
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
-        terms = {}
-        for pair in self.pairs:
-            teacher, student = pair_features(step, pair)
-            hint = self.regressors[_key(pair)](student)
-            if hint.dim() == 4:
-                teacher, hint = pool_to_smaller(teacher, hint)
-            loss = F.mse_loss(hint, teacher.detach())
-            terms[f"fitnets/{pair.key}"] = self.hparams["weight"] * pair.weight * loss
-        return terms
+        return per_pair_terms("fitnets", self.pairs, step, self.hparams["weight"], self.hint_loss)
+
+    def hint_loss(self, pair: LayerPair, teacher: Tensor, student: Tensor) -> Tensor:
+        """MSE between the regressed student features and the teacher's."""
+        hint = self.regressors[_key(pair)](student)
+        if hint.dim() == 4:
+            teacher, hint = pool_to_smaller(teacher, hint)
+        return F.mse_loss(hint, teacher)
 
 
 def _key(pair: LayerPair) -> str:
