@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name in ("run", "teacher"):
             _add_config_args(command)
+    from otbench.reports.cli import add_command as add_report_command
+    add_report_command(sub)
     run = sub.choices["run"]
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
                      "and exit")

@@ -1,0 +1,235 @@
+"""Assemble a report folder from one MLflow experiment (DESIGN §7)::
+
+    out/results.csv   one row per final run (tidy)     out/summary.csv  one row per table cell
+    out/table.md|tex|html                              out/figures/*.png|pdf
+    out/report.html   everything above on one self-contained page
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from otbench.errors import ConfigError
+
+from . import plots, settings, studies
+from .collect import (
+    HPARAM_PREFIX,
+    add_timings,
+    find_experiment,
+    iter_runs,
+    metric_histories,
+    open_client,
+    runs_frame,
+)
+from .errors import NoFinalRunsError
+from .html import FigureEntry, PageContent, render_page
+from .options import FORMATS, ReportOptions
+from .tables import (
+    Column,
+    ResultTable,
+    final_results,
+    render_html,
+    render_latex,
+    render_markdown,
+    summarize,
+)
+
+#: results.csv columns first (when present), then hyper-parameters, in this order.
+RESULT_COLUMNS = ("run_id", "run_name", "status", "scenario", "task", "method", "seed",
+                  "entry", "study", "teacher", "student")
+RESULT_METRICS = ("test/acc", "val/acc_final", "time/epoch_mean", "time/regularizer_mean",
+                  "time/overhead", "git_commit", "otbench_version", "start_time",
+                  "failure_reason")
+
+
+def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
+                 storage: str | None = None, formats: Iterable[str] | str = FORMATS,
+                 options: ReportOptions | Mapping[str, Any] | None = None) -> Path:
+    """Write the report of one experiment into ``out_dir`` and return ``report.html``'s path.
+
+    ``storage`` is the Optuna storage URL for history and importance plots; by default the
+    ``optuna.db`` beside a SQLite tracking store, when there is one. ``formats`` picks the
+    table files (``report.html`` is always written); figures of an earlier report in
+    ``out_dir/figures`` are replaced, so none is left stale.
+
+    Raises :class:`NoFinalRunsError` when the experiment has no finished final run, and
+    :class:`UnknownExperimentError` (listing the existing ones) for a wrong name.
+    """
+    opts = options if isinstance(options, ReportOptions) else ReportOptions.from_mapping(options)
+    wanted = check_formats(formats)
+    client = open_client(tracking_uri)
+    exp = find_experiment(client, experiment)
+    runs = runs_frame(iter_runs(client, exp.experiment_id))
+    final = final_results(runs, opts)
+    if final.empty:
+        raise NoFinalRunsError(
+            f"experiment {experiment!r} has no finished final-stage run with {opts.metric}: "
+            "run a sweep first (otbench sweep SUITE), which ends with the final stage")
+    histories = metric_histories(client, final.run_id)
+    runs = add_timings(runs, histories)
+    final = final_results(runs, opts)
+    table = summarize(final, opts)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(table, runs, out, wanted)
+    figures_dir = out / "figures"
+    _clear_figures(figures_dir)
+    figures, notes = result_figures(runs, histories, table, figures_dir)
+    storage = storage or studies.default_storage(tracking_uri)
+    study_figures, study_notes = study_figures_for(runs, storage, figures_dir)
+    content = PageContent(
+        title=f"otbench report: {experiment}",
+        facts=_facts(tracking_uri, experiment, storage, runs, final),
+        table_html=render_html(table), figures=figures + study_figures,
+        tables=_context_tables(runs, final, opts), notes=notes + study_notes)
+    page = out / "report.html"
+    page.write_text(render_page(content, out), encoding="utf-8")
+    return page
+
+
+def check_formats(formats: Iterable[str] | str) -> set[str]:
+    """The wanted table formats, from a list or a comma-separated string."""
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    wanted = {f.strip().lower() for f in formats if f.strip()}
+    unknown = sorted(wanted - set(FORMATS))
+    if unknown:
+        raise ConfigError(f"unknown report format(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(FORMATS)}")
+    return wanted
+
+
+def write_tables(table: ResultTable, runs: pd.DataFrame, out: Path, formats: set[str]) -> None:
+    renderers = {"md": ("table.md", render_markdown), "tex": ("table.tex", render_latex),
+                 "html": ("table.html", render_html)}
+    for fmt, (name, render) in renderers.items():
+        if fmt in formats:
+            (out / name).write_text(render(table), encoding="utf-8")
+    if "csv" in formats:
+        results_table(runs, table.options).to_csv(out / "results.csv", index=False)
+        table.cells.to_csv(out / "summary.csv", index=False)
+
+
+def results_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """Every final-stage run (failed ones too, with their reason), in table order."""
+    final = runs[runs.stage == "final"]
+    hparams = sorted(c for c in final.columns if c.startswith(HPARAM_PREFIX))
+    columns = [c for c in (*RESULT_COLUMNS, *hparams, *RESULT_METRICS) if c in final.columns]
+    order = {"scenario": options.order_scenarios(final.scenario.dropna().unique()),
+             "task": options.order_tasks(final.task.dropna().unique()),
+             "entry": sorted(final.entry.dropna().unique()),
+             "method": options.order_methods(final.method.dropna().unique())}
+    ranks = {k: {v: i for i, v in enumerate(o)} for k, o in order.items()}
+    keys = final.assign(**{f"_{k}": final[k].map(r) for k, r in ranks.items()})
+    keys = keys.sort_values(["_scenario", "_task", "_entry", "_method", "seed"])
+    return keys[columns].reset_index(drop=True)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe stem: ``digits:5-9@10`` -> ``digits_5-9_at10``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("@", "_at")).strip("_")
+
+
+def stem(column: Column) -> str:
+    """A column's file stem; the entry is named only when it is not just the scenario."""
+    parts = [column.scenario] + ([column.entry] if column.entry != column.scenario else [])
+    return "_".join(slug(p) for p in [*parts, column.task])
+
+
+def _clear_figures(folder: Path) -> None:
+    """Drop the figures of an earlier report in this folder, so none is left stale."""
+    for path in [*folder.glob("*.png"), *folder.glob("*.pdf")]:
+        path.unlink()
+
+
+def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
+                   folder: Path) -> tuple[list[FigureEntry], list[str]]:
+    """Bars per scenario, curves per cell column, accuracy vs. samples per task family, OT's
+    sensitivity to its weight; notes say what could not be drawn."""
+    opts = table.options
+    final = final_results(runs, opts)
+    entries: list[FigureEntry] = []
+
+    def save(section: str, caption: str, fig: Any, name: str) -> None:
+        png, pdf = plots.save_figure(fig, folder, name)
+        entries.append(FigureEntry(section, caption, png, pdf))
+
+    for scenario, _ in table.scenarios:
+        save("Accuracy", f"{opts.scenario_label(scenario)}: test accuracy, mean ± std over "
+             "seeds", plots.accuracy_bars(table, scenario), f"bars_{slug(scenario)}")
+    for column in table.columns:
+        save("Validation curves",
+             f"{plots.title(table, column)}: validation accuracy per epoch, mean ± std",
+             plots.validation_curves(final, histories, table, column), f"curves_{stem(column)}")
+    for scenario, family in plots.sample_size_families(table):
+        save("Accuracy vs. samples per class",
+             f"{opts.scenario_label(scenario)} · {opts.task_label(family)}: test accuracy vs. "
+             "training samples per class",
+             plots.accuracy_vs_samples(table, scenario, family),
+             f"samples_{slug(scenario)}_{slug(family)}")
+    notes = []
+    reference = opts.method_label(opts.reference)
+    for column in table.columns:
+        if plots.sensitivity_data(runs, column, opts.reference).empty:
+            notes.append(f"{plots.title(table, column)}: no finished {reference} sweep trial "
+                         "with a weight; no sensitivity plot.")
+            continue
+        save(f"{reference} sensitivity to its weight",
+             f"{plots.title(table, column)}: {reference} validation accuracy over sweep trials "
+             "vs. weight", plots.sensitivity(runs, table, column, opts.reference),
+             f"sensitivity_{stem(column)}")
+    return entries, notes
+
+
+def study_figures_for(runs: pd.DataFrame, storage: str | None,
+                      folder: Path) -> tuple[list[FigureEntry], list[str]]:
+    """History and importances of every study the runs name, from the Optuna storage."""
+    names = sorted(runs.study.dropna().astype(str).unique())
+    if not names:
+        return [], []
+    if storage is None:
+        return [], ["No Optuna storage given or found beside the tracking store: no "
+                    "optimization history or importance plots (pass --storage URL)."]
+    found, notes = studies.load_studies(storage, names)
+    methods = runs.dropna(subset=["study", "method"]).groupby("study")["method"].first()
+    entries = []
+    for name, study in found.items():
+        method = str(methods.get(name, ""))
+        history = plots.save_figure(studies.history_figure(study, method), folder,
+                                    f"history_{slug(name)}")
+        entries.append(FigureEntry("Sweeps: optimization history", name, *history))
+        importance = studies.importance_figure(study, method)
+        if isinstance(importance, str):
+            notes.append(f"Study {name!r}: no importance plot ({importance}).")
+            continue
+        paths = plots.save_figure(importance, folder, f"importance_{slug(name)}")
+        entries.append(FigureEntry("Sweeps: hyper-parameter importances", name, *paths))
+    return entries, notes
+
+
+def _facts(tracking_uri: str, experiment: str, storage: str | None, runs: pd.DataFrame,
+           final: pd.DataFrame) -> list[tuple[str, str]]:
+    started = runs.start_time.dropna()
+    span = f"{started.min():%Y-%m-%d %H:%M} – {started.max():%Y-%m-%d %H:%M} UTC"
+    return [("Experiment", experiment), ("Tracking URI", tracking_uri),
+            ("Optuna storage", storage or "none"), ("Runs", str(len(runs))),
+            ("Finished final runs", str(len(final))), ("Runs started", span)]
+
+
+def _context_tables(runs: pd.DataFrame, final: pd.DataFrame,
+                    opts: ReportOptions) -> list[tuple[str, pd.DataFrame]]:
+    tables = [("Settings shared by every final run", settings.shared_settings(final)),
+              ("Chosen hyper-parameters and per-cell settings",
+               settings.per_cell_settings(final, opts)),
+              ("Software and git commits (all runs)", settings.software(runs)),
+              ("Runs per stage and status", settings.run_counts(runs))]
+    failed = settings.failures(runs)
+    if not failed.empty:
+        tables.append(("Failed final runs (not in the table)", failed))
+    return tables

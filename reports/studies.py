@@ -1,0 +1,112 @@
+"""Optuna figures per sweep study: optimization history and hyper-parameter importances.
+
+Drawn here from the study's trials (importances computed by Optuna) rather than with
+``optuna.visualization.matplotlib``, which switches the global style to ggplot and draws
+through pyplot: these keep the report's paper style and method colors and leak no state.
+The Optuna storage is optional: without it, a report simply has no such figures.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import optuna
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from .plots import legend_above, method_color, new_figure, styled
+
+
+def default_storage(tracking_uri: str) -> str | None:
+    """The sweeps' default Optuna store sits beside the default MLflow one (``optuna.db``
+    next to ``mlflow.db``); used when no storage is given and that file exists."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = Path(tracking_uri.removeprefix("sqlite:///")).with_name("optuna.db")
+    return f"sqlite:///{path}" if path.is_file() else None
+
+
+def load_studies(storage: str, names: list[str]) -> tuple[dict[str, optuna.Study], list[str]]:
+    """The named studies found in the storage, and a note for each one that is not."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    existing = set(optuna.get_all_study_names(storage=storage))
+    studies = {name: optuna.load_study(study_name=name, storage=storage)
+               for name in names if name in existing}
+    notes = [f"Study {name!r} is not in the Optuna storage; no history or importance plot."
+             for name in names if name not in existing]
+    return studies, notes
+
+
+def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None]
+
+
+@styled
+def history_figure(study: optuna.Study, method: str) -> Figure:
+    """Objective per trial and the best value so far (the sweep's convergence)."""
+    trials = _completed(study)
+    numbers = np.array([t.number for t in trials])
+    values = np.array([t.value for t in trials], dtype=float)
+    best = (np.maximum if study.direction == StudyDirection.MAXIMIZE
+            else np.minimum).accumulate(values) if len(values) else values
+    fig, ax = new_figure()
+    color = method_color(method)
+    ax.scatter(numbers, values, s=10, color=color, alpha=0.6, label="trial")
+    ax.step(numbers, best, where="post", color=color, label="best so far")
+    ax.set_xlabel("Trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("Objective (val. accuracy)")
+    ax.set_title(study.study_name, fontsize=6)
+    legend_above(fig, ax)
+    return fig
+
+
+def importance_problem(study: optuna.Study) -> str | None:
+    """Why importances cannot be computed for this study, or None when they can."""
+    if len(study.directions) > 1:
+        return "multi-objective study"
+    trials = _completed(study)
+    if len(trials) < 2:
+        return f"{len(trials)} completed trial(s); importances need at least 2"
+    varying = [name for name in {k for t in trials for k in t.params}
+               if len({repr(t.params.get(name)) for t in trials}) > 1]
+    if not varying:
+        return "no hyper-parameter varies across the completed trials"
+    if len({t.value for t in trials}) < 2:
+        return "the objective is the same in every completed trial"
+    return None
+
+
+@styled
+def importance_figure(study: optuna.Study, method: str) -> Figure | str:
+    """Horizontal bars of fANOVA importances, or the reason why there are none.
+
+    fANOVA with a fixed seed rather than Optuna 5's default PED-ANOVA: PED-ANOVA compares
+    quantiles of the trials and gives up (equal importances, a warning) below a few tens of
+    trials, which is every study of a laptop-sized suite; the seed keeps reports identical
+    from one run to the next."""
+    problem = importance_problem(study)
+    if problem is not None:
+        return problem
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        except RuntimeError as err:  # e.g. "zero total variance in all trees"
+            return f"Optuna could not compute them: {err}"
+    complaints = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if complaints or not importances:
+        return complaints[0] if complaints else "Optuna returned no importances"
+    names = list(importances)[::-1]  # most important on top
+    fig, ax = new_figure(height=0.9 + 0.25 * len(names))
+    ax.barh(names, [importances[n] for n in names], color=method_color(method))
+    ax.set_xlabel("Importance (normalized)")
+    ax.set_title(study.study_name, fontsize=6)
+    ax.grid(axis="y", visible=False)
+    return fig

@@ -1,0 +1,317 @@
+"""The results table: methods × (scenario, task) columns, mean ± std over seeds, best in
+bold, second underlined, a mark where a method differs significantly from the reference
+method (OT).
+
+Statistics are computed once (:func:`summarize`) into a plain DataFrame — also written as
+``summary.csv`` — and three renderers only lay them out, so Markdown, LaTeX and HTML can never
+disagree on a number or a mark.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .options import ReportOptions
+
+METRIC_NAMES = {"test/acc": "Test accuracy", "val/acc_final": "Validation accuracy"}
+TEST_NAMES = {"welch": "Welch's t-test", "wilcoxon": "Wilcoxon rank-sum (Mann-Whitney U) test"}
+MISSING = "—"
+
+
+class Column(NamedTuple):
+    """One result column: a suite entry (``entry``, see :func:`runs_frame`) of a scenario on a
+    task. Usually one entry per (scenario, task); several when, e.g., three teacher → student
+    pairs are distilled on the same task."""
+
+    scenario: str
+    entry: str
+    task: str
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """Per-cell statistics plus the row and column order of the rendered table.
+
+    ``cells`` has one row per (scenario, entry, task, method) with ``n, mean, std`` (in
+    display units, e.g. %), ``p_value`` against the reference, ``significant``, ``best``,
+    ``second``. ``overhead`` is the regularizer's share of training time (%) per method, or
+    None."""
+
+    cells: pd.DataFrame
+    columns: list[Column]
+    methods: list[str]
+    overhead: pd.Series | None
+    options: ReportOptions
+
+    def cell(self, column: Column, method: str) -> pd.Series | None:
+        cells = self.cells
+        hit = cells[(cells.scenario == column.scenario) & (cells.entry == column.entry)
+                     & (cells.task == column.task) & (cells.method == method)]
+        return None if hit.empty else hit.iloc[0]
+
+    def label(self, column: Column) -> str:
+        """The column's header under its scenario: the entry's configured name, else the
+        task's, with the entry id added when another column of the scenario has that task."""
+        if column.entry in self.options.task_names:
+            return self.options.task_names[column.entry]
+        label = self.options.task_label(column.task)
+        twins = [c for c in self.columns
+                 if (c.scenario, c.task) == (column.scenario, column.task)]
+        return f"{label} ({column.entry})" if len(twins) > 1 else label
+
+    def in_scenario(self, scenario: str) -> list[Column]:
+        return [c for c in self.columns if c.scenario == scenario]
+
+    @property
+    def common_n(self) -> int | None:
+        """The number of seeds when every cell has the same, else None (cells then show
+        their own n)."""
+        counts = set(self.cells.n)
+        return counts.pop() if len(counts) == 1 else None
+
+    @property
+    def scenarios(self) -> list[tuple[str, int]]:
+        """Scenarios in column order with how many columns each spans."""
+        spans: list[tuple[str, int]] = []
+        for column in self.columns:
+            if spans and spans[-1][0] == column.scenario:
+                spans[-1] = (column.scenario, spans[-1][1] + 1)
+            else:
+                spans.append((column.scenario, 1))
+        return spans
+
+
+def final_results(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """Finished final-stage runs that logged the table's metric: the table's only input."""
+    if options.metric not in runs.columns:
+        return runs.iloc[0:0]
+    keep = (runs.stage == "final") & (runs.status == "FINISHED") & runs[options.metric].notna()
+    return runs[keep]
+
+
+def p_value(values: np.ndarray, reference: np.ndarray, test: str) -> float:
+    """Two-sided, unpaired p-value of ``values`` against ``reference``; NaN below two
+    samples per side, where neither test says anything."""
+    if len(values) < 2 or len(reference) < 2:
+        return float("nan")
+    with warnings.catch_warnings():  # constant samples: scipy warns, the result is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if test == "welch":
+            result = stats.ttest_ind(values, reference, equal_var=False)
+        else:
+            result = stats.mannwhitneyu(values, reference, alternative="two-sided")
+    return float(result.pvalue)
+
+
+def summarize(final: pd.DataFrame, options: ReportOptions) -> ResultTable:
+    """Aggregate final runs per column and method, test each against the reference, rank.
+
+    Ranking uses the means rounded as displayed, so two methods that print the same number
+    are both bold (or both underlined) rather than one of them arbitrarily."""
+    scaled = final.assign(value=final[options.metric].astype(float) * options.scale)
+    rows = []
+    for key, column in scaled.groupby(list(Column._fields), sort=False):
+        reference = column.loc[column.method == options.reference, "value"].to_numpy()
+        for method, group in column.groupby("method", sort=False):
+            values = group["value"].to_numpy()
+            p = (float("nan") if method == options.reference
+                 else p_value(values, reference, options.test))
+            rows.append({**Column(*key)._asdict(), "method": method, "n": len(values),
+                         "mean": float(values.mean()),
+                         "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                         "p_value": p, "significant": bool(p < options.alpha)})
+    cells = _rank(pd.DataFrame(rows, columns=[*Column._fields, "method", "n", "mean", "std",
+                                              "p_value", "significant"]), options.decimals)
+    return ResultTable(cells, ordered_columns(cells, options),
+                       options.order_methods(cells.method), _overhead(final, options), options)
+
+
+def ordered_columns(cells: pd.DataFrame, options: ReportOptions) -> list[Column]:
+    """Scenarios in the configured order; within one, tasks in order, then entries by name."""
+    columns = {Column(*key) for key in cells[list(Column._fields)].itertuples(index=False)}
+    scenarios = options.order_scenarios(c.scenario for c in columns)
+    tasks = options.order_tasks(c.task for c in columns)
+    return sorted(columns, key=lambda c: (scenarios.index(c.scenario), tasks.index(c.task),
+                                          c.entry))
+
+
+def _rank(cells: pd.DataFrame, decimals: int) -> pd.DataFrame:
+    shown = cells["mean"].round(decimals)
+    best = pd.Series(False, index=cells.index)
+    second = pd.Series(False, index=cells.index)
+    for index in cells.groupby(list(Column._fields)).groups.values():
+        levels = sorted(set(shown[index]), reverse=True)
+        best[index] = shown[index] == levels[0]
+        if len(levels) > 1:
+            second[index] = shown[index] == levels[1]
+    return cells.assign(best=best, second=second)
+
+
+def _overhead(final: pd.DataFrame, options: ReportOptions) -> pd.Series | None:
+    """Mean regularizer share of training time (%) per method over its final runs."""
+    if not options.overhead or "time/overhead" not in final or final["time/overhead"].isna().all():
+        return None
+    return final.groupby("method")["time/overhead"].mean() * 100
+
+
+# ---------------------------------------------------------------------------- rendering
+@dataclass(frozen=True)
+class Markup:
+    """How one output format spells text, emphasis and the significance mark."""
+
+    escape: Callable[[str], str]
+    bold: Callable[[str], str]
+    underline: Callable[[str], str]
+    mark: Callable[[str], str]
+    pm: str
+
+
+MARKDOWN = Markup(escape=lambda s: s.replace("|", "\\|"), bold=lambda s: f"**{s}**",
+                  underline=lambda s: f"<u>{s}</u>", mark=lambda m: m, pm=" ± ")
+HTML = Markup(escape=html.escape, bold=lambda s: f"<b>{s}</b>", underline=lambda s: f"<u>{s}</u>",
+              mark=lambda m: f"<sup>{html.escape(m)}</sup>", pm=" ± ")
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}", "—": "---", "–": "--", "±": r"$\pm$",
+                  "×": r"$\times$"}
+_LATEX_MARKS = {"†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "*": r"$^{*}$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+LATEX = Markup(escape=latex_escape, bold=lambda s: rf"\textbf{{{s}}}",
+               underline=lambda s: rf"\underline{{{s}}}",
+               mark=lambda m: _LATEX_MARKS.get(m, rf"\textsuperscript{{{latex_escape(m)}}}"),
+               pm=r" $\pm$ ")
+
+
+def cell_text(table: ResultTable, column: Column, method: str, markup: Markup) -> str:
+    """``mean ± std`` with emphasis and mark; the n only when cells differ in n."""
+    cell = table.cell(column, method)
+    if cell is None:
+        return markup.escape(MISSING)
+    digits = table.options.decimals
+    text = f"{cell['mean']:.{digits}f}"
+    if cell["n"] > 1:
+        text += f"{markup.pm}{cell['std']:.{digits}f}"
+    if table.common_n is None:
+        text += f" (n={cell['n']})"
+    if cell["best"]:
+        text = markup.bold(text)
+    elif cell["second"]:
+        text = markup.underline(text)
+    return text + (markup.mark(table.options.mark) if cell["significant"] else "")
+
+
+def overhead_text(table: ResultTable, method: str, markup: Markup) -> str:
+    assert table.overhead is not None
+    value = table.overhead.get(method, float("nan"))
+    return markup.escape(MISSING) if pd.isna(value) else f"{value:.1f}"
+
+
+def note(table: ResultTable, markup: Markup) -> str:
+    """What the numbers are, what bold/underline mean, and which test at which level."""
+    opts = table.options
+    unit = "%" if opts.scale == 100 else f"× {opts.scale:g}"
+    seeds = (f"n = {table.common_n} seeds per cell" if table.common_n is not None
+             else "n seeds given per cell")
+    metric = METRIC_NAMES.get(opts.metric, opts.metric)
+    sentences = [f"{metric} ({unit}), mean ± std (ddof = 1) over seeds, {seeds}."]
+    reference = opts.method_label(opts.reference)
+    if (table.cells.method == opts.reference).any():
+        test = (f"{markup.mark(opts.mark)}: differs from {markup.escape(reference)} at level "
+                f"{opts.alpha:g} ({markup.escape(TEST_NAMES[opts.test])}, two-sided, "
+                "unpaired over seeds).")
+    else:
+        test = markup.escape(f"No significance marks: the reference method {reference} has "
+                             "no final runs.")
+    sentences.append(f"{MISSING}: no finished run.")
+    if table.overhead is not None:
+        sentences.append("Reg. time: the regularizer's share of training time (%), mean over "
+                         "the method's final runs.")
+    emphasis = (f"{markup.bold('Bold')}: best, {markup.underline('underlined')}: second best "
+                "per column (as rounded).")
+    return " ".join([markup.escape(sentences[0]), emphasis, test,
+                     *(markup.escape(s) for s in sentences[1:])])
+
+
+def render_markdown(table: ResultTable) -> str:
+    opts = table.options
+    esc = MARKDOWN.escape
+    head = ["Method", *(esc(f"{opts.scenario_label(c.scenario)}: {table.label(c)}")
+                        for c in table.columns)]
+    if table.overhead is not None:
+        head.append("Reg. time (%)")
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join([":---", *[":---:"] * (len(head) - 1)]) + "|"]
+    for method in table.methods:
+        row = [esc(opts.method_label(method)),
+               *(cell_text(table, c, method, MARKDOWN) for c in table.columns)]
+        if table.overhead is not None:
+            row.append(overhead_text(table, method, MARKDOWN))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n\n" + note(table, MARKDOWN) + "\n"
+
+
+def render_latex(table: ResultTable) -> str:
+    """A booktabs ``table`` float, scenarios as spanning headers; ``\\input`` it from a paper
+    that loads ``booktabs``."""
+    opts = table.options
+    esc = LATEX.escape
+    extra = table.overhead is not None
+    spec = "l" + "c" * len(table.columns) + ("r" if extra else "")
+    spans, rules, start = [], [], 2
+    for scenario, width in table.scenarios:
+        spans.append(rf"\multicolumn{{{width}}}{{c}}{{{esc(opts.scenario_label(scenario))}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + width - 1}}}")
+        start += width
+    top = " & ".join(["", *spans, *([""] if extra else [])]) + r" \\"
+    second = " & ".join(["Method", *(esc(table.label(c)) for c in table.columns),
+                         *([r"Reg.\ time (\%)"] if extra else [])]) + r" \\"
+    body = []
+    for method in table.methods:
+        row = [esc(opts.method_label(method)),
+               *(cell_text(table, c, method, LATEX) for c in table.columns)]
+        if extra:
+            row.append(overhead_text(table, method, LATEX))
+        body.append(" & ".join(row) + r" \\")
+    return "\n".join([
+        "% Generated by `otbench report`; needs \\usepackage{booktabs} in the preamble.",
+        r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", top,
+        " ".join(rules), second, r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+        rf"\caption{{{note(table, LATEX)}}}", r"\label{tab:otbench-results}", r"\end{table}",
+        ""])
+
+
+def render_html(table: ResultTable) -> str:
+    """A ``<table>`` fragment (plus its note), styled by the page that includes it."""
+    opts = table.options
+    esc = HTML.escape
+    extra = table.overhead is not None
+    top = ['<th rowspan="2">Method</th>',
+           *(f'<th colspan="{w}">{esc(opts.scenario_label(s))}</th>' for s, w in table.scenarios)]
+    if extra:
+        top.append('<th rowspan="2">Reg. time (%)</th>')
+    second = [f"<th>{esc(table.label(c))}</th>" for c in table.columns]
+    rows = []
+    for method in table.methods:
+        cells = [f'<th scope="row">{esc(opts.method_label(method))}</th>',
+                 *(f"<td>{cell_text(table, c, method, HTML)}</td>" for c in table.columns)]
+        if extra:
+            cells.append(f"<td>{overhead_text(table, method, HTML)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join([
+        '<table class="results">', "<thead>", "<tr>" + "".join(top) + "</tr>",
+        "<tr>" + "".join(second) + "</tr>", "</thead>", "<tbody>", *rows, "</tbody>",
+        "</table>", f'<p class="note">{note(table, HTML)}</p>', ""])
