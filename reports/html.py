@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +51,8 @@ class PageContent:
     figures: list[FigureEntry]
     tables: list[tuple[str, pd.DataFrame]]
     notes: list[str]
+    #: Paragraphs shown under a figure section's heading, before its figures.
+    section_texts: dict[str, list[str]] = field(default_factory=dict)
 
 
 def frame_html(frame: pd.DataFrame) -> str:
@@ -85,7 +87,9 @@ def render_page(content: PageContent, root: Path) -> str:
     parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in content.facts]
     parts += ["</dl>", "<h2>Results</h2>", f'<div class="scroll">{content.table_html}</div>']
     for section, entries in _sections(content.figures):
-        parts += [f"<h2>{esc(section)}</h2>", '<div class="figures">',
+        parts += [f"<h2>{esc(section)}</h2>",
+                  *(f"<p>{esc(text)}</p>" for text in content.section_texts.get(section, [])),
+                  '<div class="figures">',
                   *(_figure_html(e, root) for e in entries), "</div>"]
     for title, frame in content.tables:
         parts += [f"<h2>{esc(title)}</h2>", f'<div class="scroll">{frame_html(frame)}</div>']

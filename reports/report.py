@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from otbench.errors import ConfigError
 
-from . import plots, settings, studies
+from . import plots, representation, settings, studies
 from .collect import (
     HPARAM_PREFIX,
     add_timings,
@@ -83,11 +84,14 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
     figures, notes = result_figures(runs, histories, table, figures_dir)
     storage = storage or studies.default_storage(tracking_uri)
     study_figures, study_notes = study_figures_for(runs, storage, figures_dir)
+    diag_figures, diag_notes, diag_texts = representation_section(client, final, table, out,
+                                                                  "csv" in wanted)
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
-        table_html=render_html(table), figures=figures + study_figures,
-        tables=_context_tables(runs, final, opts), notes=notes + study_notes)
+        table_html=render_html(table), figures=figures + diag_figures + study_figures,
+        tables=_context_tables(runs, final, opts), notes=notes + diag_notes + study_notes,
+        section_texts=diag_texts)
     page = out / "report.html"
     page.write_text(render_page(content, out), encoding="utf-8")
     return page
@@ -185,6 +189,83 @@ def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTab
              "vs. weight", plots.sensitivity(runs, table, column, opts.reference),
              f"sensitivity_{stem(column)}")
     return entries, notes
+
+
+DIAG_SECTION = "Representation diagnostics"
+DIAG_CSV = "diagnostics.csv"
+
+
+def representation_section(client: Any, final: pd.DataFrame, table: ResultTable, out: Path,
+                           csv: bool = True) -> tuple[list[FigureEntry], list[str],
+                                                      dict[str, list[str]]]:
+    """Distance and CKA curves, stability curves, accuracy vs. final distance, the transport
+    plans of one OT run per column, and a paragraph computed from them (issue #9). Runs
+    without diagnostics (``diagnostics: false``) give a note instead."""
+    if not representation.has_diagnostics(final):
+        return [], ["No representation diagnostics (diag/* metrics) in the final runs "
+                    "(diagnostics were off): no distance, CKA, stability or transport-plan "
+                    "figures."], {}
+    opts = table.options
+    folder = out / "figures"
+    entries: list[FigureEntry] = []
+    notes: list[str] = []
+
+    def save(caption: str, fig: Any, name: str) -> None:
+        png, pdf = plots.save_figure(fig, folder, name)
+        entries.append(FigureEntry(DIAG_SECTION, caption, png, pdf))
+
+    layers = representation.logged_layers(final)
+    histories = metric_histories(client, final.run_id, representation.history_keys(layers))
+    for column in table.columns:
+        runs = final[plots.in_column(final, column)]
+        here = representation.logged_layers(runs)
+        if not here:
+            notes.append(f"{plots.title(table, column)}: no diagnostics logged; no "
+                         "representation figures.")
+            continue
+        name = plots.title(table, column)
+        save(f"{name}: OT distance to the teacher and linear CKA per epoch (epoch 0: before "
+             "training), mean ± std over seeds, one panel per layer",
+             representation.diagnostic_curves(runs, histories, table, column, ("ot", "cka"),
+                                              here), f"diag_distance_{stem(column)}")
+        save(f"{name}: fraction of student neurons whose matched teacher neuron changed since "
+             "the previous epoch, mean ± std over seeds",
+             representation.diagnostic_curves(runs, histories, table, column, ("stability",),
+                                              here), f"diag_stability_{stem(column)}")
+        notes += _plan_figure(client, runs, table, column, save)
+    points = representation.final_distances(final, opts.metric)
+    save(f"{plots._metric_label(opts)} vs. final OT distance to the teacher at each run's "
+         "deepest diagnosed layer, one point per final run",
+         representation.accuracy_vs_distance(points, table), "diag_accuracy_vs_distance")
+    correlations = representation.distance_correlations(final, table)
+    if csv:
+        points.to_csv(out / DIAG_CSV, index=False)
+    sentences = representation.summary_sentences(correlations, table)
+    return entries, notes, {DIAG_SECTION: [" ".join(sentences)]} if sentences else {}
+
+
+def _plan_figure(client: Any, runs: pd.DataFrame, table: ResultTable, column: Column,
+                 save: Any) -> list[str]:
+    """Heat maps of the first-seed OT run of a column; a note when there is none to draw."""
+    name = plots.title(table, column)
+    ot_runs = runs[runs.method == "ot"].sort_values("seed")
+    if ot_runs.empty:
+        return [f"{name}: no final OT run; no transport-plan heat map."]
+    run = ot_runs.iloc[0]
+    try:
+        plans, epochs = representation.load_plans(client, run.run_id)
+    except (OSError, KeyError, ValueError, MlflowException) as err:
+        return [f"{name}: no transport-plan heat map (run {run.run_id}: cannot read "
+                f"{representation.ARTIFACT}: {type(err).__name__})."]
+    if not plans:
+        return [f"{name}: {representation.ARTIFACT} of run {run.run_id} holds no plans; no "
+                "heat map."]
+    seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
+    save(f"{name}: transport plans of the {table.options.method_label('ot')} run{seed} at "
+         f"epochs {epochs[0]} and {epochs[1]}; student neurons ordered by their final matched "
+         "teacher neuron", representation.plan_heatmaps(plans, epochs, f"{name}{seed}"),
+         f"diag_plan_{stem(column)}")
+    return []
 
 
 def study_figures_for(runs: pd.DataFrame, storage: str | None,

@@ -1,0 +1,264 @@
+"""Representation diagnostics of the final runs (issue #9): how close each student ends to its
+teacher, how its neuron matching settles, and whether that tracks test accuracy.
+
+Every training run logs, per layer pair keyed by the student layer, ``diag/ot/<layer>``,
+``diag/cka/<layer>``, ``diag/entropy/<layer>`` (and ``diag/identity/<layer>``) at steps 0..E,
+``diag/stability/<layer>`` at steps 1..E, and a ``diagnostics.npz`` artifact with the
+matchings and the transport plans of the first and last recorded epoch
+(:mod:`otbench.benchmark.diagnostics`). This module turns them into figures and a paragraph
+whose every statement is computed from those numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from scipy import stats
+
+from .collect import CONFIG_PREFIX
+from .plots import COLUMN_WIDTH, HEIGHT, TEXT_WIDTH, _band, in_column, method_color, styled, title
+from .tables import Column, ResultTable
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per report
+
+DIAG_PREFIX = "diag/"
+#: Per-epoch quantities plotted, with their axis labels.
+QUANTITIES = {"ot": "OT distance to teacher", "cka": "Linear CKA with teacher",
+              "stability": "Neurons re-matched (fraction)"}
+ARTIFACT = "diagnostics.npz"
+#: Below this many runs a rank correlation says nothing.
+MIN_CORRELATION_RUNS = 3
+
+
+def _natural_key(name: str) -> list[Any]:
+    """``features.10`` after ``features.9``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def logged_layers(runs: pd.DataFrame) -> list[str]:
+    """Layers with a ``diag/ot/<layer>`` value in any of ``runs``, shallow to deep: in the
+    order of the runs' ``layer_pairs`` param (teacher → student pairs as configured), else
+    naturally sorted by name."""
+    found = [c.removeprefix(f"{DIAG_PREFIX}ot/") for c in runs.columns
+             if c.startswith(f"{DIAG_PREFIX}ot/") and runs[c].notna().any()]
+    order: list[str] = []
+    for text in runs.get(CONFIG_PREFIX + "layer_pairs", pd.Series(dtype=object)).dropna():
+        order += [s for s in _pair_students(text) if s not in order]
+    ranked = {name: i for i, name in enumerate(order)}
+    return sorted(found, key=lambda n: (ranked.get(n, len(ranked)), _natural_key(n)))
+
+
+def _pair_students(text: Any) -> list[str]:
+    """Student layers of a logged ``layer_pairs`` param (``[[t, s], ...]``)."""
+    try:
+        pairs = yaml.safe_load(str(text))
+        return [str(pair[1]) for pair in pairs]
+    except (yaml.YAMLError, TypeError, IndexError, KeyError):
+        return []
+
+
+def has_diagnostics(runs: pd.DataFrame) -> bool:
+    return bool(logged_layers(runs))
+
+
+def history_keys(layers: Iterable[str]) -> list[str]:
+    return [f"{DIAG_PREFIX}{q}/{layer}" for layer in layers for q in QUANTITIES]
+
+
+def final_distances(final: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
+    """One row per final run with diagnostics: its deepest logged layer, the last OT distance
+    and CKA there, and its ``metric``."""
+    rows = []
+    for _, run in final.iterrows():
+        layers = logged_layers(final.loc[[run.name]])
+        if not layers:
+            continue
+        deepest = layers[-1]
+        rows.append({"run_id": run.run_id, "scenario": run.scenario, "entry": run.entry,
+                     "task": run.task, "method": run.method, "seed": run.seed,
+                     "layer": deepest,
+                     "distance": float(run[f"{DIAG_PREFIX}ot/{deepest}"]),
+                     "cka": float(run.get(f"{DIAG_PREFIX}cka/{deepest}", np.nan)),
+                     metric: float(run[metric]) if metric in run else np.nan})
+    return pd.DataFrame(rows, columns=["run_id", "scenario", "entry", "task", "method", "seed",
+                                       "layer", "distance", "cka", metric])
+
+
+def distance_correlations(final: pd.DataFrame, table: ResultTable) -> pd.DataFrame:
+    """Per result column: Spearman's ρ (and its p-value, n) between final distance and the
+    table's metric over the column's runs, and the methods ending closest to and farthest from
+    the teacher (lowest and highest mean final distance)."""
+    metric = table.options.metric
+    points = final_distances(final, metric)
+    rows = []
+    for column in table.columns:
+        chosen = points[in_column(points, column)].dropna(subset=["distance", metric])
+        if chosen.empty:
+            continue
+        rho = p = float("nan")
+        if (len(chosen) >= MIN_CORRELATION_RUNS and chosen.distance.nunique() > 1
+                and chosen[metric].nunique() > 1):
+            result = stats.spearmanr(chosen.distance, chosen[metric])
+            rho, p = float(result.statistic), float(result.pvalue)
+        means = chosen.groupby("method").distance.mean().sort_values(kind="stable")
+        rows.append({**column._asdict(), "layer": ", ".join(sorted(set(chosen.layer))),
+                     "n": len(chosen), "rho": rho, "p_value": p,
+                     "closest": means.index[0], "closest_distance": float(means.iloc[0]),
+                     "farthest": means.index[-1], "farthest_distance": float(means.iloc[-1]),
+                     "methods": len(means)})
+    return pd.DataFrame(rows, columns=[*Column._fields, "layer", "n", "rho", "p_value",
+                                       "closest", "closest_distance", "farthest",
+                                       "farthest_distance", "methods"])
+
+
+def summary_sentences(correlations: pd.DataFrame, table: ResultTable) -> list[str]:
+    """One sentence per column, every number and name taken from ``correlations``."""
+    opts = table.options
+    metric = {"test/acc": "test accuracy", "val/acc_final": "validation accuracy"}.get(
+        opts.metric, opts.metric)
+    sentences = []
+    for row in correlations.itertuples(index=False):
+        head = title(table, Column(row.scenario, row.entry, row.task))
+        if np.isnan(row.rho):
+            corr = (f"no rank correlation between final OT distance ({row.layer}) and "
+                    f"{metric} (n = {row.n} runs: fewer than {MIN_CORRELATION_RUNS} or "
+                    "constant values)")
+        else:
+            corr = (f"Spearman ρ = {row.rho:.2f} between final OT distance ({row.layer}) and "
+                    f"{metric} over n = {row.n} runs (p = {row.p_value:.3g})")
+        ends = f"{opts.method_label(row.closest)} ends closest to the teacher " \
+               f"(mean distance {row.closest_distance:.4g})"
+        if row.methods > 1:
+            ends += (f", {opts.method_label(row.farthest)} farthest "
+                     f"({row.farthest_distance:.4g})")
+        sentences.append(f"{head}: {corr}; {ends}.")
+    return sentences
+
+
+# ---------------------------------------------------------------------------- figures
+def _panels(rows: int, columns: int, height: float = HEIGHT,
+            width: float | None = None) -> tuple[Figure, np.ndarray]:
+    width = width or min(TEXT_WIDTH, max(COLUMN_WIDTH, 2.2 * columns))
+    fig = Figure(figsize=(width, height * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    return fig, axes
+
+
+def _legend(fig: Figure, axes: np.ndarray) -> None:
+    """One legend below all panels (the title is above), each method once."""
+    seen: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+                   ncols=min(len(seen), 4))
+
+
+def _method_curves(ax: Any, curves: pd.DataFrame, key: str, table: ResultTable) -> None:
+    opts = table.options
+    rows = curves[curves.key == key]
+    for method in opts.order_methods(rows.method.unique()):
+        per_seed = rows[rows.method == method].pivot_table(index="step", columns="run_id",
+                                                           values="value")
+        _band(ax, per_seed.index.to_numpy(), per_seed.mean(axis=1).to_numpy(),
+              per_seed.std(axis=1).to_numpy(), method_color(method), opts.method_label(method))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+@styled
+def diagnostic_curves(final: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
+                      column: Column, quantities: Iterable[str], layers: list[str]) -> Figure:
+    """One row of panels per quantity, one panel per layer: each method's mean over seeds per
+    epoch (epoch 0: before training) with a ±std band."""
+    chosen = final[in_column(final, column)]
+    curves = histories[histories.run_id.isin(chosen.run_id)].merge(
+        chosen[["run_id", "method"]], on="run_id")
+    quantities = list(quantities)
+    fig, axes = _panels(len(quantities), len(layers))
+    for row, quantity in enumerate(quantities):
+        for col, layer in enumerate(layers):
+            ax = axes[row, col]
+            _method_curves(ax, curves, f"{DIAG_PREFIX}{quantity}/{layer}", table)
+            ax.set_title(layer)
+            ax.set_xlabel("Epoch")
+            ax.set_ylabel(QUANTITIES[quantity] if col == 0 else "")
+    fig.suptitle(title(table, column), fontsize=8)
+    _legend(fig, axes)
+    return fig
+
+
+@styled
+def accuracy_vs_distance(points: pd.DataFrame, table: ResultTable) -> Figure:
+    """Test accuracy against final OT distance at each run's deepest layer: one point per
+    final run, one color per method."""
+    opts = table.options
+    metric = opts.metric
+    fig = Figure(figsize=(COLUMN_WIDTH, HEIGHT + 0.3), layout="constrained")
+    ax = fig.add_subplot()
+    for method in opts.order_methods(points.method.unique()):
+        rows = points[points.method == method]
+        ax.scatter(rows.distance, rows[metric] * opts.scale, s=14, alpha=0.8,
+                   color=method_color(method), label=opts.method_label(method))
+    layers = sorted(set(points.layer))
+    ax.set_xlabel(f"Final OT distance to teacher ({', '.join(layers)})")
+    ax.set_ylabel(f"{'Test' if metric == 'test/acc' else 'Validation'} accuracy (%)")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4))
+    return fig
+
+
+def plan_order(plan_last: np.ndarray) -> np.ndarray:
+    """Student columns ordered by their matched teacher neuron (the row holding most of
+    their mass in the last plan), ties kept in index order."""
+    return np.argsort(plan_last.argmax(axis=0), kind="stable")
+
+
+@styled
+def plan_heatmaps(plans: dict[str, tuple[np.ndarray, np.ndarray]], epochs: tuple[int, int],
+                  heading: str) -> Figure:
+    """Per layer (rows), the transport plan at the first and last recorded epoch (columns):
+    teacher neurons by index down, student neurons across, ordered by the final matching, so
+    a settled matching shows as a staircase."""
+    fig, axes = _panels(len(plans), 2, height=HEIGHT * 0.9, width=TEXT_WIDTH)
+    for row, (layer, (first, last)) in enumerate(plans.items()):
+        order = plan_order(last)
+        for col, (plan, epoch) in enumerate(((first, epochs[0]), (last, epochs[1]))):
+            ax = axes[row, col]
+            image = ax.imshow(plan[:, order], aspect="auto", interpolation="nearest",
+                              cmap="viridis")
+            ax.grid(False)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{layer}, epoch {epoch}")
+            ax.set_xlabel("Student neuron (sorted by final match)")
+            ax.set_ylabel("Teacher neuron")
+            fig.colorbar(image, ax=ax, label="Transport mass")
+    fig.suptitle(heading, fontsize=8)
+    return fig
+
+
+def load_plans(client: Any, run_id: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                  tuple[int, int]]:
+    """The first and last plans per layer of one run's ``diagnostics.npz``, in the file's
+    (configured) layer order, and the epochs they were recorded at."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(client.download_artifacts(run_id, ARTIFACT, folder))
+        with np.load(path) as data:
+            epochs = data["epochs"]
+            plans = {name.removeprefix("plan_first/"):
+                     (data[name], data["plan_last/" + name.removeprefix("plan_first/")])
+                     for name in data.files if name.startswith("plan_first/")}
+    first, last = (int(epochs[0]), int(epochs[-1])) if len(epochs) else (0, 0)
+    return plans, (first, last)

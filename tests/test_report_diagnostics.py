@@ -1,0 +1,241 @@
+"""Representation diagnostics in ``otbench report`` (issue #9): a tiny MLflow store with KNOWN
+``diag/*`` histories and a ``diagnostics.npz`` artifact; every figure is checked for its
+series before saving and for pixels after, and the paragraph's numbers against scipy."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from otbench.benchmark.tracking import mlflow_run
+from otbench.reports import ReportOptions, write_report
+from otbench.reports.collect import metric_histories, open_client, read_runs
+from otbench.reports.representation import (
+    accuracy_vs_distance,
+    diagnostic_curves,
+    distance_correlations,
+    final_distances,
+    history_keys,
+    load_plans,
+    logged_layers,
+    plan_heatmaps,
+    plan_order,
+    summary_sentences,
+)
+from otbench.reports.tables import Column, final_results, summarize
+
+EXPERIMENT = "diag-suite"
+PLAIN = "no-diagnostics"
+TASK_A, TASK_B = "digits:5-9@10", "digits:0-9"
+#: features.10 is the deepest: by the logged layer pairs, not by name (alphabetically first).
+LAYERS = ("features.3", "features.10")
+PAIRS = "[[features.3, features.3], [features.10, features.10]]"
+EPOCHS = 3
+#: Per (scenario, task, method): (test accuracy, final OT distance at the deepest layer) per
+#: seed. Column A: n = 6, ρ computable; column B: n = 2, too few runs for a correlation.
+RUNS = {
+    ("transfer", TASK_A, "ot"): [(0.84, 0.20), (0.86, 0.10), (0.83, 0.30)],
+    ("transfer", TASK_A, "finetune"): [(0.80, 0.50), (0.78, 0.45), (0.81, 0.25)],
+    ("distill", TASK_B, "ot"): [(0.70, 0.40)],
+    ("distill", TASK_B, "finetune"): [(0.65, 0.60)],
+}
+SHAPES = {"features.3": (4, 3), "features.10": (5, 6)}
+
+
+def ot_history(final: float, layer: str) -> list[float]:
+    """Distance per step 0..EPOCHS ending at ``final`` (the shallow layer at twice it)."""
+    end = final if layer == LAYERS[-1] else 2 * final
+    return [end + 0.1 * (EPOCHS - step) for step in range(EPOCHS + 1)]
+
+
+def known_plans() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {"epochs": np.arange(EPOCHS + 1)}
+    for layer, (teachers, students) in SHAPES.items():
+        for which in ("plan_first", "plan_last"):
+            plan = rng.random((teachers, students))
+            arrays[f"{which}/{layer}"] = plan / plan.sum()
+        arrays[f"matching/{layer}"] = rng.integers(0, teachers, (EPOCHS + 1, students))
+    return arrays
+
+
+def log_run(uri: str, artifacts: Path, experiment: str, scenario: str, task: str, method: str,
+            seed: int, test: float, final: float, diagnostics: bool, npz: Path | None) -> None:
+    tags = {"stage": "final", "scenario": scenario, "scenario_id": scenario, "task": task,
+            "method": method, "seed": seed}
+    with mlflow_run(uri, experiment, run_name=f"{method} {task} {seed}", tags=tags,
+                    artifact_root=artifacts) as run:
+        run.log_params({"layer_pairs": PAIRS, "seed": seed})
+        for step in range(EPOCHS + 1):
+            metrics = {"val/acc": test - 0.01 * (EPOCHS - step)} if step else {}
+            if diagnostics:
+                for layer in LAYERS:
+                    distance = ot_history(final, layer)[step]
+                    metrics[f"diag/ot/{layer}"] = distance
+                    metrics[f"diag/cka/{layer}"] = 1 - distance
+                    metrics[f"diag/entropy/{layer}"] = 1.0
+                    if step:
+                        metrics[f"diag/stability/{layer}"] = 0.5 / step
+            run.log_metrics(metrics, step=step)
+        run.log_metrics({"val/acc_final": test, "test/acc": test}, step=EPOCHS)
+        if npz is not None:
+            run.log_file(npz)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() else tmp_path_factory.mktemp("diag")
+    with tempfile.TemporaryDirectory(dir=base, prefix="otbench-diag-") as name:
+        folder = Path(name)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        npz = folder / "diagnostics.npz"
+        np.savez_compressed(npz, **known_plans())
+        for (scenario, task, method), values in RUNS.items():
+            for seed, (test, final) in enumerate(values):
+                # Only column A's OT seed 0 has the artifact: B's gets a note instead.
+                artifact = npz if (task, method, seed) == (TASK_A, "ot", 0) else None
+                log_run(uri, folder / "artifacts", EXPERIMENT, scenario, task, method, seed,
+                        test, final, True, artifact)
+        log_run(uri, folder / "artifacts", PLAIN, "transfer", TASK_A, "ot", 0, 0.8, 0.1,
+                False, None)
+        yield uri, folder
+
+
+@pytest.fixture(scope="module")
+def report(store: tuple[str, Path]) -> Path:
+    uri, folder = store
+    return write_report(uri, EXPERIMENT, folder / "report", storage="sqlite:///:memory:")
+
+
+@pytest.fixture(scope="module")
+def setup(store: tuple[str, Path]):
+    uri, _ = store
+    options = ReportOptions()
+    final = final_results(read_runs(uri, EXPERIMENT, timings=False), options)
+    return uri, final, summarize(final, options)
+
+
+def column_a() -> Column:
+    return Column("transfer", "transfer", TASK_A)
+
+
+def test_layers_ordered_by_logged_pairs(setup) -> None:
+    _, final, _ = setup
+    assert logged_layers(final) == list(LAYERS)
+
+
+def test_final_distance_is_last_ot_of_deepest_layer(setup) -> None:
+    _, final, _ = setup
+    points = final_distances(final)
+    assert set(points.layer) == {LAYERS[-1]}
+    expected = {(t, m, s): d for (_, t, m), values in RUNS.items()
+                for s, (_, d) in enumerate(values)}
+    got = {(r.task, r.method, r.seed): r.distance for r in points.itertuples()}
+    assert got == pytest.approx(expected)
+
+
+def test_paragraph_correlation_equals_scipy(setup) -> None:
+    _, final, table = setup
+    correlations = distance_correlations(final, table).set_index("task")
+    values = RUNS[("transfer", TASK_A, "ot")] + RUNS[("transfer", TASK_A, "finetune")]
+    expected = stats.spearmanr([d for _, d in values], [t for t, _ in values])
+    row = correlations.loc[TASK_A]
+    assert row.n == 6
+    assert row.rho == pytest.approx(expected.statistic)
+    assert row.p_value == pytest.approx(expected.pvalue)
+    assert row.closest == "ot" and row.farthest == "finetune"
+    assert row.closest_distance == pytest.approx(np.mean([0.20, 0.10, 0.30]))
+    assert np.isnan(correlations.loc[TASK_B].rho) and correlations.loc[TASK_B].n == 2
+    sentences = summary_sentences(correlations.reset_index(), table)
+    assert f"ρ = {expected.statistic:.2f}" in sentences[0]
+    assert f"n = 6 runs (p = {expected.pvalue:.3g})" in sentences[0]
+    assert "no rank correlation" in sentences[1]
+
+
+def test_curve_figures_have_one_series_per_method_per_panel(setup) -> None:
+    uri, final, table = setup
+    histories = metric_histories(open_client(uri), final.run_id, history_keys(LAYERS))
+    runs = final[final.task == TASK_A]
+    fig = diagnostic_curves(runs, histories, table, column_a(), ("ot", "cka"), list(LAYERS))
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        assert len(ax.get_lines()) == 2 and ax.get_xlabel() == "Epoch"
+    ot_panel = fig.axes[1]  # first row, deepest layer
+    assert ot_panel.get_title() == LAYERS[-1]
+    ot_line = next(line for line in ot_panel.get_lines() if line.get_label() == "OT")
+    seeds = [ot_history(d, LAYERS[-1]) for _, d in RUNS[("transfer", TASK_A, "ot")]]
+    assert list(ot_line.get_xdata()) == list(range(EPOCHS + 1))
+    assert ot_line.get_ydata() == pytest.approx(np.mean(seeds, axis=0))
+    stability = diagnostic_curves(runs, histories, table, column_a(), ("stability",),
+                                  list(LAYERS))
+    assert len(stability.axes) == 2
+    line = stability.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert line.get_ydata() == pytest.approx([0.5, 0.25, 0.5 / 3])
+
+
+def test_accuracy_vs_distance_one_point_per_run(setup) -> None:
+    _, final, table = setup
+    fig = accuracy_vs_distance(final_distances(final), table)
+    ax = fig.axes[0]
+    assert [len(c.get_offsets()) for c in ax.collections] == [4, 4]  # OT, finetune: A + B
+    assert ax.get_xlabel().startswith("Final OT distance") and "accuracy" in ax.get_ylabel()
+
+
+def test_plan_heatmap_orders_students_by_matching(setup) -> None:
+    uri, _, _ = setup
+    runs = read_runs(uri, EXPERIMENT, timings=False)
+    run_id = runs[(runs.task == TASK_A) & (runs.method == "ot") & (runs.seed == 0)].run_id.iloc[0]
+    plans, epochs = load_plans(open_client(uri), run_id)
+    assert list(plans) == list(LAYERS) and epochs == (0, EPOCHS)
+    arrays = known_plans()
+    last = arrays[f"plan_last/{LAYERS[0]}"]
+    order = plan_order(last)
+    assert (np.diff(last.argmax(axis=0)[order]) >= 0).all()
+    fig = plan_heatmaps(plans, epochs, "x")
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 4
+    assert np.asarray(images[1].get_array()) == pytest.approx(last[:, order])
+
+
+def test_report_writes_figures_paragraph_and_notes(report: Path) -> None:
+    folder = report.parent / "figures"
+    stems = {"diag_distance_transfer_digits_5-9_at10", "diag_stability_transfer_digits_5-9_at10",
+             "diag_distance_distill_digits_0-9", "diag_stability_distill_digits_0-9",
+             "diag_plan_transfer_digits_5-9_at10", "diag_accuracy_vs_distance"}
+    names = {p.name for p in folder.iterdir() if p.name.startswith("diag_")}
+    assert names == {f"{s}.{ext}" for s in stems for ext in ("png", "pdf")}
+    for stem in stems:
+        assert (folder / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert matplotlib.image.imread(folder / f"{stem}.png")[..., :3].std() > 0.05, stem
+    page = report.read_text(encoding="utf-8")
+    assert "<h2>Representation diagnostics</h2>" in page
+    assert re.search(r"Spearman ρ = -?\d\.\d\d", page)
+    assert "cannot read diagnostics.npz" in page  # column B's OT run has no artifact
+    points = pd.read_csv(report.parent / "diagnostics.csv")
+    assert len(points) == sum(len(v) for v in RUNS.values())
+
+
+def test_no_diagnostics_is_a_note(store: tuple[str, Path]) -> None:
+    uri, folder = store
+    page = write_report(uri, PLAIN, folder / "plain", storage="sqlite:///:memory:")
+    assert not list((page.parent / "figures").glob("diag_*"))
+    assert "No representation diagnostics" in page.read_text(encoding="utf-8")
+    assert "Representation diagnostics</h2>" not in page.read_text(encoding="utf-8")
+
+
+@pytest.fixture(autouse=True)
+def _no_pyplot_leak() -> Iterator[None]:
+    import matplotlib.pyplot as plt
+
+    yield
+    assert plt.get_fignums() == []
