@@ -10,8 +10,10 @@ import yaml
 
 from otbench import __version__
 from otbench.errors import OtbenchError
+from otbench.sweeps.cli import add_command as add_sweep_command
 
 from .analyze import add_command as add_analyze_command
+from .perf import add_command as add_perf_command
 from .plugins import load_plugins
 
 
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "and exit")
     run.add_argument("--test", action="store_true", help="also score on the test split")
     add_analyze_command(sub)
+    add_sweep_command(sub)
+    add_perf_command(sub)
     for command in sub.choices.values():
         command.add_argument("--plugin", dest="plugins", action="append", default=[],
                              metavar="PATH_OR_MODULE", help="a .py file or module registering "

@@ -24,6 +24,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 import otbench
 
@@ -171,3 +172,45 @@ def mlflow_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mappi
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def ensure_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, Any],
+               key: Mapping[str, str], artifact_root: Path | None = None) -> str:
+    """The id of the one live run tagged with ``key`` (e.g. a sweep's study run), created and
+    ended FINISHED when absent, so a rerun or another worker finds it instead of adding a
+    twin. Concurrent creators converge: each keeps the oldest match and deletes its own."""
+    client = client_for(tracking_uri)
+    exp = experiment_id(client, experiment, artifact_root)
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in key.items())
+
+    def oldest() -> str | None:
+        runs = client.search_runs([exp], where, max_results=1,
+                                  order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+        return runs[0].info.run_id if runs else None
+
+    found = oldest()
+    if found is not None:
+        return found
+    run_id = client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
+                               run_name=run_name).info.run_id
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    winner = oldest() or run_id
+    if winner != run_id:
+        client.delete_run(run_id)
+    return winner
+
+
+def end_orphaned_run(tracking_uri: str, run_id: str, reason: str) -> bool:
+    """Close a run whose process died while it was RUNNING: status KILLED, ``stopped_reason``
+    tag. A run that already ended, or that lives in another tracking store (a worker with
+    its own ``--tracking-uri``), is left as it is; returns whether this call closed it."""
+    client = client_for(tracking_uri)
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:
+        return False
+    if status != RunStatus.to_string(RunStatus.RUNNING):
+        return False
+    client.set_tag(run_id, "stopped_reason", reason[:5000])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    return True

@@ -5,6 +5,9 @@ teacher ``T ∈ R^{n_t × d}``, student ``S ∈ R^{n_s × d}``. A layer is the u
 neurons and the regularizer is ``Ω = min_{P ∈ Π(1/n_t, 1/n_s)} <P, C>`` with
 ``C_ij = ||T_i − S_j||²``. The plan is solved without gradient and the loss is ``<P*, C>``: by
 the envelope theorem that is the gradient of Ω, and it reaches the student only.
+
+Speed: the solvers see a double-centred copy of the cost (same optimal plans, faster to solve),
+and :class:`OTTransfer` can keep a plan for ``plan_every`` training steps (see its docstring).
 """
 
 from __future__ import annotations
@@ -120,6 +123,19 @@ def _uniform(n: int) -> np.ndarray:
     return np.full(n, 1.0 / n)
 
 
+def solver_cost(cost: np.ndarray) -> np.ndarray:
+    """The cost the exact solvers see: ``C`` double-centred, then shifted to be >= 0.
+
+    With uniform marginals ``<P, u 1ᵀ + 1 vᵀ>`` is the same for every feasible plan, so
+    removing row and column means changes Ω by a constant and the optimal plans not at all.
+    It strips the ``||T_i||² + ||S_j||²`` offsets that slow the solvers down (measured on 2 CPU
+    cores: assignment 98 → 33 ms and network simplex 185 → 137 ms at 1024 × 1024; 87 → 34 ms
+    for assignment on ResNet-18 ``layer4``). The shift keeps POT's simplex on costs >= 0.
+    """
+    centred = cost - cost.mean(axis=1, keepdims=True) - cost.mean(axis=0, keepdims=True)
+    return centred - centred.min()
+
+
 def _exact_plan(cost: np.ndarray) -> np.ndarray:
     n_t, n_s = cost.shape
     plan, log = ot.emd(_uniform(n_t), _uniform(n_s), cost, numItermax=EMD_MAX_ITER, log=True)
@@ -172,9 +188,9 @@ def transport_plan(cost: Tensor, settings: OTSettings) -> Tensor:
         # loop reports which term went bad instead of the solver failing obscurely.
         plan = np.outer(_uniform(cost64.shape[0]), _uniform(cost64.shape[1]))
     elif solver == "exact":
-        plan = _exact_plan(cost64)
+        plan = _exact_plan(solver_cost(cost64))
     elif solver == "assignment":
-        plan = _assignment_plan(cost64)
+        plan = _assignment_plan(solver_cost(cost64))
     else:
         plan = _sinkhorn_plan(cost64, settings)
     return torch.from_numpy(plan).to(device=cost.device, dtype=cost.dtype)
@@ -218,7 +234,14 @@ def check_pair_shapes(pair: LayerPair, spatial: str) -> None:
 
 @register_method("ot")
 class OTTransfer(TransferMethod):
-    """λ · Σ_layers w_l · Ω(teacher layer, student layer): the paper's regularizer."""
+    """λ · Σ_layers w_l · Ω(teacher layer, student layer): the paper's regularizer.
+
+    With ``plan_every = k > 1`` the plans are solved on every k-th training step and reused
+    in between: the loss is still ``<P, C>`` on the current costs, so its value and gradient
+    are exact for the cached plan, which is a feasible (no longer optimal) plan. Costs
+    move slowly between steps, and the solver is the expensive part. Steps are counted
+    only in training mode; in eval mode the plans are always solved afresh (and not kept).
+    """
 
     summary = "Wasserstein distance between teacher and student neurons (Li et al. 2021)"
     reads = frozenset({"student_features", "teacher_features"})
@@ -236,21 +259,42 @@ class OTTransfer(TransferMethod):
                    searchable=False, help="mean divides the cost by d = B·H·W"),
         HyperParam("spatial", "categorical", "pool", choices=SPATIAL_MODES, searchable=False,
                    help="pool the larger feature map to the smaller one, or refuse"),
+        HyperParam("plan_every", "int", 1, 1, 100, searchable=False,
+                   help="solve the plans every k training steps and reuse them in between; "
+                        "1 = the exact plan at every step"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
         super().__init__(context, **hparams)
         hp = dict(self.hparams)
         self.weight = hp.pop("weight")
+        self.plan_every = hp.pop("plan_every")
+        if self.plan_every < 1:
+            raise ConfigError(f"method 'ot': plan_every must be >= 1, got {self.plan_every}")
         self.settings = OTSettings(**hp)
         for pair in self.pairs:
             check_pair_shapes(pair, self.settings.spatial)
+        self._plans: dict[str, Tensor] = {}
+        self._steps = 0
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
-        terms = {}
+        costs = {}
         for pair in self.pairs:
             teacher, student = pair_features(step, pair)
-            cost = neuron_costs(teacher.detach(), student, self.settings, pair.describe())
-            omega = transport_cost(cost, self.settings)
-            terms[f"ot/{pair.key}"] = self.weight * pair.weight * omega
-        return terms
+            costs[pair.key] = neuron_costs(teacher.detach(), student, self.settings,
+                                           pair.describe())
+        plans = self._current_plans(costs)
+        return {f"ot/{pair.key}": self.weight * pair.weight
+                * (plans[pair.key] * costs[pair.key]).sum() for pair in self.pairs}
+
+    def _current_plans(self, costs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Fresh plans in eval mode and on every ``plan_every``-th training step, else cached."""
+        if not self.training:
+            return self._solve(costs)
+        if self._steps % self.plan_every == 0:
+            self._plans = self._solve(costs)
+        self._steps += 1
+        return self._plans
+
+    def _solve(self, costs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {key: transport_plan(cost, self.settings) for key, cost in costs.items()}

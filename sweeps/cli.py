@@ -1,0 +1,141 @@
+"""``otbench sweep SUITE``: studies, final stage and report from one suite file.
+
+Heavy imports (Optuna, torch, MLflow) happen in the handler, so registering the command
+costs nothing to the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from otbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .driver import StudyResult
+    from .suite import Suite
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``sweep`` on the ``otbench`` command's subparsers."""
+    help_text = "Optuna sweeps of a suite, then the final multi-seed stage and the report"
+    parser = sub.add_parser("sweep", help=help_text, description=help_text)
+    parser.set_defaults(handler=cmd_sweep)
+    parser.add_argument("suite", help="a suite YAML file, or the name of a bundled suite "
+                        "(quick, cifar100-distill, imagenet-transfer)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes "
+                        "sharing the studies (default 1)")
+    parser.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db "
+                        "to share studies between machines (default: SQLite under the "
+                        "results folder)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under "
+                        "the results folder)")
+    parser.add_argument("--results-dir", help="where caches, stores and the report go")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dry-run", action="store_true", help="print the studies, their "
+                        "search spaces and budgets, then exit (nothing trained or written)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-trial "
+                        "lines; the summary only")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .driver import collect, log_results, prepare, run_workers
+    from .studies import default_storage_url, quiet_optuna
+    from .suite import load_suite
+    from .worker import WorkerJob
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    settings = {key: value for key, value in {"results_dir": args.results_dir,
+                                              "tracking_uri": args.tracking_uri,
+                                              "device": args.device}.items()
+                if value is not None}
+    suite = load_suite(args.suite, settings)
+    storage_url = args.storage or default_storage_url(suite.results_dir)
+    if args.dry_run:
+        print_plan(suite, storage_url)
+        return 0
+    quiet_optuna()
+    try:
+        parents = prepare(suite, storage_url, progress=not args.quiet)
+        job = WorkerJob(args.suite, settings, storage_url, parents,
+                        progress=not args.quiet and args.workers == 1, verbose=not args.quiet)
+        failed_workers = run_workers(job, args.workers)
+    except KeyboardInterrupt:
+        print("otbench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    results = collect(suite, storage_url)
+    log_results(suite, parents, results)
+    print_results(results)
+    report = write_report(suite, storage_url) if any(r.tests for r in results) else None
+    if report is not None:
+        print(f"report: {report}")
+    return exit_code(results, failed_workers)
+
+
+def print_plan(suite: Suite, storage_url: str) -> None:
+    """The ``--dry-run`` listing: every study, its space and its budget."""
+    from otbench.benchmark.tracking import tracking_uri_for
+
+    from .space import describe
+    from .studies import display_url
+
+    budget, pruner = suite.budget, suite.pruner
+    limits = [f"at most {suite.max_failures} failures"]
+    if budget.timeout_s is not None:
+        limits.append(f"{budget.timeout_s:g} s per study and worker")
+    prune = ("no pruning" if pruner.kind == "none" else
+             f"{pruner.kind} pruning after epoch {pruner.warmup_epochs} once "
+             f"{pruner.startup_trials} trials finished")
+    print(f"suite {suite.name!r}: {len(suite.studies)} studies, MLflow experiment "
+          f"{suite.experiment!r}")
+    print(f"budget: {budget.trials} trials per study ({', '.join(limits)}); {prune}; "
+          f"final stage: best params × {suite.final.seeds} seeds, scored on test")
+    print(f"storage: {display_url(storage_url)}")
+    print(f"tracking: {tracking_uri_for(suite.tracking_uri, suite.results_dir)}")
+    width = max(len(spec.name) for spec in suite.studies)
+    for spec in suite.studies:
+        trials = f"{spec.trials} trial{'s' if spec.trials > 1 else ''}"
+        print(f"  {spec.name:<{width}}  {trials:>10}  {describe(spec.space)}")
+    print("dry run: nothing was trained or written")
+
+
+def print_results(results: list[StudyResult]) -> None:
+    from .final import summary
+
+    width = max(len(r.name) for r in results)
+    for r in results:
+        best = "-" if r.counts.best is None else f"{r.counts.best:.4f}"
+        print(f"{r.name:<{width}}  trials {r.counts.finished}/{r.budget} (pruned "
+              f"{r.counts.pruned}, failed {r.counts.failed})  best val acc {best}  "
+              f"{summary(r.tests)}")
+
+
+def write_report(suite: Suite, storage_url: str) -> Path | None:
+    """The report under ``<results_dir>/report`` (with Optuna plots from the sweep's
+    storage), when the reports package provides it; returns ``report.html``'s path."""
+    try:
+        from otbench.reports import write_report as write
+    except ImportError:
+        return None
+    from otbench.benchmark.tracking import tracking_uri_for
+
+    from .studies import with_installed_driver
+
+    return write(tracking_uri_for(suite.tracking_uri, suite.results_dir), suite.experiment,
+                 Path(suite.results_dir) / "report", storage=with_installed_driver(storage_url))
+
+
+def exit_code(results: list[StudyResult], failed_workers: int) -> int:
+    """1 when a worker crashed or a study ended without a final result, else 0."""
+    empty = [r.name for r in results if not r.tests]
+    if failed_workers:
+        print(f"otbench: {failed_workers} worker process(es) exited with an error",
+              file=sys.stderr)
+    if empty:
+        print(f"otbench: {len(empty)} studies have no final result (every trial failed or "
+              f"was pruned, or a final run failed): {', '.join(empty)}", file=sys.stderr)
+    return 1 if failed_workers or empty else 0
+

@@ -1,0 +1,114 @@
+"""Runs a whole sweep on this machine: shared setup, then N local workers, then a summary.
+
+Setup happens once, before any worker starts: the MLflow store and experiment, every Optuna
+study, one MLflow parent run per study, and the teachers (cached on disk). Workers then only
+load what exists, so concurrent first-time creation (which SQLite does not survive) never
+happens. Running the same command on several machines against one ``--storage`` shares the
+studies: each machine does this setup (idempotent) and runs its own workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from otbench.benchmark.runner import run_tags
+from otbench.benchmark.teachers import get_teacher
+from otbench.benchmark.tracking import RunLogger, client_for, ensure_run, tracking_uri_for
+
+from . import final
+from .studies import Counts, count, make_storage, open_study
+from .suite import Suite
+from .worker import WorkerJob, default_threads, run_worker
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    name: str
+    budget: int
+    counts: Counts
+    tests: list[float]
+
+
+def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]:
+    """Create the shared state; returns each study's MLflow parent run id."""
+    uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
+    storage = make_storage(storage_url, suite.heartbeat, uri)
+    parents = {}
+    for spec in suite.studies:
+        open_study(storage, spec.name, suite.pruner)
+        open_study(storage, final.study_name(spec.name), None)
+        parents[spec.name] = ensure_run(uri, suite.experiment, run_name=spec.name,
+                                        tags=run_tags(spec.plan, "study"),
+                                        key={"stage": "study", "study": spec.name},
+                                        artifact_root=Path(suite.results_dir) / "artifacts")
+    prepare_teachers(suite, uri, progress=progress)
+    return parents
+
+
+def prepare_teachers(suite: Suite, tracking_uri: str, *, progress: bool) -> None:
+    """Train (or find cached) every teacher the suite needs, one at a time, before workers
+    start: workers then all load them instead of waiting on each other's training."""
+    seen = set()
+    for spec in suite.studies:
+        plan, cfg = spec.plan, spec.plan.config
+        request = plan.teacher_request
+        if request.config.weights is not None or request.digest() in seen:
+            continue
+        seen.add(request.digest())
+        get_teacher(request, device=plan.device, data_dir=cfg.data_dir, download=cfg.download,
+                    results_dir=cfg.results_dir, tracking_uri=tracking_uri,
+                    experiment=cfg.experiment, progress=progress)
+
+
+def run_workers(job: WorkerJob, workers: int) -> int:
+    """Run ``workers`` workers (in this process when 1); returns how many failed."""
+    if workers == 1:
+        run_worker(job)
+        return 0
+    context = multiprocessing.get_context("spawn")  # no forked torch/SQLite state
+    job = replace(job, threads=default_threads(workers))
+    processes = [context.Process(target=worker_process, args=(job,),
+                                 name=f"otbench-worker-{i}") for i in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return sum(process.exitcode != 0 for process in processes)
+
+
+def worker_process(job: WorkerJob) -> None:
+    """A spawned worker: Ctrl-C (sent to the whole process group) ends it quietly, since the
+    parent reports the interruption once."""
+    try:
+        run_worker(job)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def collect(suite: Suite, storage_url: str) -> list[StudyResult]:
+    """Where every study stands, read back from the storage."""
+    uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
+    storage = make_storage(storage_url, suite.heartbeat, uri)
+    results = []
+    for spec in suite.studies:
+        study = open_study(storage, spec.name, suite.pruner)
+        final_study = open_study(storage, final.study_name(spec.name), None)
+        results.append(StudyResult(spec.name, spec.trials,
+                                   count(study.get_trials(deepcopy=False)),
+                                   final.test_accuracies(final_study)))
+    return results
+
+
+def log_results(suite: Suite, parents: Mapping[str, str], results: list[StudyResult]) -> None:
+    """Counts and the best validation accuracy on each study's MLflow parent run."""
+    client = client_for(tracking_uri_for(suite.tracking_uri, suite.results_dir))
+    for result in results:
+        metrics = {"trials/finished": result.counts.finished,
+                   "trials/pruned": result.counts.pruned, "trials/failed": result.counts.failed}
+        if result.counts.best is not None:
+            metrics["val/acc_best"] = result.counts.best
+        RunLogger(client, parents[result.name]).log_metrics(metrics)

@@ -1,0 +1,140 @@
+"""The final stage: a study's best parameters re-trained with seeds 0..N-1, scored on test.
+
+Each seed is a trial of a companion study ``<study>/final``, queued with the seed and the
+parameters in its user attributes. Optuna's storage hands a queued trial to exactly one
+worker, and heartbeats retry a seed whose worker died, so many workers and reruns produce
+one final run per seed. (Two workers queueing at the same instant can queue a seed twice;
+the later copy is skipped when it starts.)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from otbench.benchmark.runner import execute_run
+
+from .studies import (
+    CLAIMING,
+    FAIL_REASON,
+    PARAMS,
+    SEED,
+    SKIPPED,
+    SOURCE_TRIAL,
+    claimed_before,
+    count,
+    fail_stale_trials,
+    is_failure,
+)
+from .trials import (
+    State,
+    StudyWork,
+    Worker,
+    finished_run_metric,
+    recorded_failure,
+    run_one,
+    run_recorder,
+    skip,
+)
+
+
+def study_name(study: str) -> str:
+    return f"{study}/final"
+
+
+def state(worker: Worker, work: StudyWork) -> State:
+    """Queues the seeds still missing (once the search is done), then: WORK while a seed is
+    queued, BUSY while seeds run elsewhere, DONE when every seed has a result or failed."""
+    fail_stale_trials(work.final)
+    if queue_missing_seeds(work, worker.suite.final.seeds):
+        return State.WORK
+    counts = count(work.final.get_trials(deepcopy=False))
+    if counts.waiting:
+        return State.WORK
+    return State.BUSY if counts.running else State.DONE
+
+
+def queue_missing_seeds(work: StudyWork, seeds: int) -> bool:
+    """Queue each seed with no result, run or queued trial and no failure; returns whether
+    any was queued. Nothing is queued for a study without a completed trial."""
+    trials = work.final.get_trials(deepcopy=False)
+    covered = {t.user_attrs.get(SEED) for t in trials if t.state in CLAIMING or is_failure(t)}
+    missing = [seed for seed in range(seeds) if seed not in covered]
+    source = chosen_params(work, trials) if missing else None
+    if source is None:
+        return False
+    number, params = source
+    for seed in missing:
+        work.final.enqueue_trial({}, user_attrs={SEED: seed, PARAMS: params,
+                                                 SOURCE_TRIAL: number})
+    return True
+
+
+def chosen_params(work: StudyWork, final_trials: Sequence[FrozenTrial]
+                  ) -> tuple[int, dict[str, Any]] | None:
+    """(trial number, params) to re-train: those already queued for a seed, so a resumed or
+    concurrent final stage never mixes two choices; else the study's best trial."""
+    for trial in final_trials:
+        if PARAMS in trial.user_attrs:
+            return trial.user_attrs[SOURCE_TRIAL], trial.user_attrs[PARAMS]
+    best = best_trial(work.study.get_trials(deepcopy=False))
+    return None if best is None else (best.number, best.params)
+
+
+def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The completed trial with the highest value (the earliest among equals)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return max(complete, key=lambda t: (t.value, -t.number), default=None)
+
+
+def run_seed(worker: Worker, work: StudyWork) -> None:
+    run_one(work.final, lambda trial: objective(worker, work, trial),
+            lambda trial: report(worker, work, trial))
+
+
+def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
+    """Train one seed with the chosen parameters (stage ``final``); test accuracy is the
+    value."""
+    seed = trial.user_attrs.get(SEED)
+    if seed is None:
+        skip(trial, "not a queued seed: another worker took the queued one first")
+    twins = [t.number for t in claimed_before(work.final.get_trials(deepcopy=False),
+                                              trial.number) if t.user_attrs.get(SEED) == seed]
+    if twins:
+        skip(trial, f"seed {seed} is already trial {twins[0]}'s")
+    reused = finished_run_metric(worker, trial, "test/acc")
+    if reused is not None:
+        return reused
+    cfg = work.spec.run_config(trial.user_attrs[PARAMS], seed=seed, evaluate_test=True,
+                               tags={"best_trial": str(trial.user_attrs[SOURCE_TRIAL])})
+    with recorded_failure(trial):
+        result = execute_run(cfg, stage="final", parent_run_id=work.parent_run_id,
+                             on_start=run_recorder(trial), progress=worker.progress)
+    trial.set_user_attr("val_acc", result.val_acc)
+    assert result.test_acc is not None  # evaluate_test=True
+    return result.test_acc
+
+
+def report(worker: Worker, work: StudyWork, trial: FrozenTrial) -> None:
+    if SKIPPED in trial.user_attrs:
+        return
+    outcome = (f"test acc {trial.value:.4f}" if trial.state == TrialState.COMPLETE
+               else f"failed: {trial.user_attrs.get(FAIL_REASON, trial.state.name)}")
+    worker.say(f"[{work.spec.name}] final seed {trial.user_attrs[SEED]}: {outcome}")
+
+
+def test_accuracies(final: optuna.Study) -> list[float]:
+    """The final stage's results so far, one per seed."""
+    return [t.value for t in final.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None]
+
+
+def summary(values: Sequence[float]) -> str:
+    if not values:
+        return "no final result"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"test acc {statistics.mean(values):.4f} ± {spread:.4f} (n={len(values)})"

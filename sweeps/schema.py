@@ -1,0 +1,85 @@
+"""The suite file's schema. Unknown keys are errors that suggest the closest valid key.
+
+The top level and each ``scenarios`` entry / ``search`` range are validated separately, so
+a typo deep in the file is still reported with its place and a suggestion.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from otbench.benchmark.config import Scenario, Strict
+
+#: Names that become part of Optuna study names and MLflow tag filters: no '/' or quotes.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$"
+
+
+class Budget(Strict):
+    """How much each study may spend: trials, optionally wall time, and failures."""
+
+    trials: PositiveInt = Field(description="finished (complete or pruned) trials per study")
+    timeout_s: PositiveFloat | None = Field(
+        None, description="a worker starts no new trial of a study after this many seconds")
+    max_failures: PositiveInt | None = Field(
+        None, description="failed trials after which a study stops (default: trials)")
+
+
+class PrunerSettings(Strict):
+    """Median pruning on per-epoch validation accuracy."""
+
+    kind: Literal["median", "none"] = "median"
+    warmup_epochs: NonNegativeInt = Field(2, description="never prune before this epoch")
+    startup_trials: NonNegativeInt = Field(2, description="trials run in full before pruning")
+
+
+class FinalSettings(Strict):
+    """The final stage: the best parameters re-trained with seeds 0..seeds-1, on test."""
+
+    seeds: PositiveInt = 3
+
+
+class HeartbeatSettings(Strict):
+    """How fast a dead worker's trial is noticed (Optuna heartbeats) and retried."""
+
+    interval_s: PositiveInt = 10
+    grace_s: PositiveInt = 60
+    max_retries: NonNegativeInt = 2
+
+
+class SearchRange(Strict):
+    """A suite's override of one hyper-parameter's declared range."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    choices: list[Any] | None = Field(None, min_length=1)
+
+
+class ScenarioEntry(Strict):
+    """One scenario of the suite: a (scenario, task, models) setting and the methods run on it."""
+
+    id: str = Field(pattern=NAME_PATTERN)
+    scenario: Scenario
+    task: str
+    student: str | None = None
+    teacher: dict[str, Any] = Field(default_factory=dict)
+    methods: list[str] | Literal["all"]
+    overrides: dict[str, Any] = Field(default_factory=dict,
+                                      description="run config keys for this entry only")
+
+
+class SuiteFile(Strict):
+    """The top level of a suite YAML file."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    experiment: str | None = None
+    defaults: dict[str, Any] = Field(default_factory=dict,
+                                     description="run config keys shared by every run")
+    scenarios: list[dict[str, Any]] = Field(min_length=1)
+    budget: Budget
+    pruner: PrunerSettings = Field(default_factory=PrunerSettings)
+    final: FinalSettings = Field(default_factory=FinalSettings)
+    search: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)

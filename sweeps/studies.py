@@ -1,0 +1,211 @@
+"""Optuna plumbing: storage with heartbeats, a seeded TPE, the pruner, and trial bookkeeping.
+
+Every worker (a local process or another machine) opens the same studies in the same
+storage; Optuna's storage is the only coordination between them. A trial records its MLflow
+run id, so when its worker dies the heartbeat check can close that run (KILLED) and queue the
+same parameters again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from otbench.benchmark import tracking
+from otbench.errors import ConfigError
+
+from .schema import HeartbeatSettings, PrunerSettings
+
+#: Trial user attributes written by the sweep.
+RUN_ID = "mlflow_run_id"
+FAIL_REASON = "fail_reason"  # an exception ended the trial: it counts as a failure
+SKIPPED = "skipped"  # not run: another worker had the budget or the seed (not a failure)
+SEED = "seed"  # final stage: which seed the trial trains
+PARAMS = "params"  # final stage: the best parameters it re-trains
+SOURCE_TRIAL = "source_trial"  # final stage: the study's trial those parameters came from
+
+#: States that hold or will hold a result; a trial in one of them claims its place.
+CLAIMING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+@contextmanager
+def experimental_ok() -> Iterator[None]:
+    """Heartbeats and stale-trial retries are Optuna features marked experimental, used on
+    purpose; their warning on every call would drown the sweep's own output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def quiet_optuna() -> None:
+    """The sweep prints one line per trial itself; Optuna's own log lines would repeat them
+    (and print a traceback for every failed trial)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def default_storage_url(results_dir: str | Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
+
+
+def with_installed_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3; use psycopg2 (the test extra)
+    when it is the one installed, so the plain URL works either way."""
+    if (url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None
+            and importlib.util.find_spec("psycopg2") is not None):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password masked, for messages and ``--dry-run``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def make_storage(url: str, heartbeat: HeartbeatSettings, tracking_uri: str) -> RDBStorage:
+    """An RDB storage (SQLite, PostgreSQL, MySQL...) with heartbeats and stale-trial retry."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine: dict[str, Any] = {"connect_args": {"timeout": 120}}  # wait out writers' locks
+    else:
+        engine = {"pool_pre_ping": True}
+    try:
+        with experimental_ok():
+            return RDBStorage(with_installed_driver(url), engine_kwargs=engine,
+                              heartbeat_interval=heartbeat.interval_s,
+                              grace_period=heartbeat.grace_s,
+                              heartbeat_stale_trial_callback=StaleTrialCallback(
+                                  tracking_uri, heartbeat.max_retries))
+    except Exception as err:  # a bad URL, an unreachable server, a missing driver
+        raise ConfigError(f"--storage {display_url(url)!r}: cannot open the Optuna storage: "
+                          f"{type(err).__name__}: {err}") from None
+
+
+@dataclass(frozen=True)
+class StaleTrialCallback:
+    """Runs when a trial's worker stopped sending heartbeats (it died): close the trial's
+    MLflow run as KILLED, then queue the same parameters again (at most ``max_retry`` times;
+    the copy keeps the user attributes, so a run that did finish can be reused)."""
+
+    tracking_uri: str
+    max_retry: int
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(RUN_ID)
+        if run_id:
+            tracking.end_orphaned_run(self.tracking_uri, run_id, f"the worker of Optuna trial "
+                                      f"{trial.number} of {study.study_name!r} died")
+        with experimental_ok():
+            RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+
+
+class TrialSeededTPE(BaseSampler):
+    """TPE reseeded from (study seed, trial number) at each trial: a rerun proposes the same
+    points, while concurrent workers, which share the study seed, still propose different
+    ones (one fixed seed per process would make them all try the same parameters)."""
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._tpe = TPESampler(seed=seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._tpe = TPESampler(seed=(self._seed + trial.number) % 2**32)
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, Any]:
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+
+def study_seed(name: str) -> int:
+    """A seed from the study name, the same in every process (unlike ``hash``)."""
+    return zlib.crc32(name.encode())
+
+
+def open_study(storage: RDBStorage, name: str, pruner: PrunerSettings | None) -> optuna.Study:
+    """Create or load a study (safe when several workers do it at once). ``pruner=None``
+    is the final stage's companion study, which never prunes."""
+    if pruner is None or pruner.kind == "none":
+        chosen: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    else:
+        chosen = optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials,
+                                             n_warmup_steps=pruner.warmup_epochs)
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                               sampler=TrialSeededTPE(study_seed(name)), pruner=chosen,
+                               load_if_exists=True)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's heartbeat check: trials of dead workers become FAIL and are retried."""
+    with experimental_ok():
+        optuna.storages.fail_stale_trials(study)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Where a study stands, from its trials."""
+
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    waiting: int
+    best: float | None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    @property
+    def claimed(self) -> int:
+        return self.finished + self.running + self.waiting
+
+
+def count(trials: Sequence[FrozenTrial]) -> Counts:
+    states = [t.state for t in trials]
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return Counts(complete=states.count(TrialState.COMPLETE),
+                  pruned=states.count(TrialState.PRUNED),
+                  failed=sum(is_failure(t) for t in trials),
+                  running=states.count(TrialState.RUNNING),
+                  waiting=states.count(TrialState.WAITING),
+                  best=max(values, default=None))
+
+
+def is_failure(trial: FrozenTrial) -> bool:
+    """An exception ended it (not a dead worker, not a skipped duplicate)."""
+    return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
+
+
+def claimed_before(trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:
+    """Trials numbered before ``number`` that hold or will hold a result. Trial numbers are
+    handed out atomically by the storage, so every worker agrees on this order."""
+    return [t for t in trials if t.number < number and t.state in CLAIMING]

@@ -1,0 +1,102 @@
+"""What the search and final stages share: the worker's context, running one Optuna trial,
+and the trial bookkeeping (failure reasons, skipped trials, MLflow run ids)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+
+import optuna
+from mlflow.exceptions import MlflowException
+from optuna.trial import FrozenTrial
+
+from otbench.benchmark.tracking import client_for
+
+from .studies import FAIL_REASON, RUN_ID, SKIPPED
+from .suite import StudySpec, Suite
+
+
+class State(Enum):
+    """What a study (or its final stage) offers a worker right now."""
+
+    WORK = "work"  # something this worker can start
+    BUSY = "busy"  # only other workers' running trials: wait for them
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One worker's settings, shared by everything it runs."""
+
+    suite: Suite
+    tracking_uri: str
+    progress: bool  # per-epoch progress bars
+    verbose: bool  # one line per finished trial
+
+    def say(self, line: str) -> None:
+        if self.verbose:
+            print(line, flush=True)
+
+
+@dataclass
+class StudyWork:
+    """A study, its final-stage companion, and this worker's clock on it."""
+
+    spec: StudySpec
+    study: optuna.Study
+    final: optuna.Study
+    parent_run_id: str
+    started: float | None = None
+
+
+class SkippedTrial(Exception):
+    """The trial was not run: another worker holds its budget slot or its seed."""
+
+
+def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
+            on_done: Callable[[FrozenTrial], None]) -> None:
+    """One trial through Optuna's own loop, which beats its heartbeat, fails stale trials
+    first and records any exception as FAIL (the sweep goes on)."""
+    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                   callbacks=[lambda _, trial: on_done(trial)])
+
+
+def skip(trial: optuna.Trial, reason: str) -> None:
+    """End ``trial`` unrun, marked so it counts neither as a result nor as a failure."""
+    trial.set_user_attr(SKIPPED, reason)
+    raise SkippedTrial(reason)
+
+
+def run_recorder(trial: optuna.Trial) -> Callable[[str], None]:
+    """``on_start`` hook: the trial remembers its MLflow run, for the stale-trial check."""
+    return lambda run_id: trial.set_user_attr(RUN_ID, run_id)
+
+
+def finished_run_metric(worker: Worker, trial: optuna.Trial, metric: str) -> float | None:
+    """A retried trial whose first attempt's MLflow run did finish (its worker died just
+    before telling Optuna): reuse that result instead of training a duplicate run."""
+    run_id = trial.user_attrs.get(RUN_ID)
+    if not run_id:
+        return None
+    try:
+        run = client_for(worker.tracking_uri).get_run(run_id)
+    except MlflowException:  # logged to another worker's tracking store
+        return None
+    if run.info.status != "FINISHED":
+        return None
+    return run.data.metrics.get(metric)
+
+
+@contextmanager
+def recorded_failure(trial: optuna.Trial) -> Iterator[None]:
+    """An exception (NaN loss, OOM, anything) fails the trial with its reason recorded in
+    the trial (the MLflow run records it too); pruning is not a failure."""
+    try:
+        yield
+    except optuna.TrialPruned:
+        raise
+    except Exception as err:
+        trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}"[:2000])
+        raise

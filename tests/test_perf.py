@@ -1,0 +1,205 @@
+"""Issue #6: the fast OT paths against POT's emd2, plan reuse, and ``otbench perf``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import ot
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from otbench.benchmark import perf
+from otbench.benchmark.cli import main
+from otbench.errors import ConfigError
+from otbench.methods import LayerPair, StepOutputs, TransferContext, get_method, ot_distance
+from otbench.methods import ot as ot_module
+from otbench.methods.ot import OTSettings, neuron_costs, solver_cost, transport_cost
+
+
+def neurons(n: int, d: int, seed: int, relu: bool = False) -> torch.Tensor:
+    """``(d, n)`` features; ``relu`` adds the ties and uneven norms of post-ReLU layers."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(d, n, generator=g, dtype=torch.float64)
+    if relu:
+        x = (x + torch.randn(1, n, generator=g, dtype=torch.float64)).clamp_min(0)
+        x = x * torch.rand(1, n, generator=g, dtype=torch.float64) * 5
+    return x
+
+
+def emd2(teacher: torch.Tensor, student: torch.Tensor) -> float:
+    t, s = teacher.t().numpy(), student.t().numpy()
+    cost = cdist(t, s, "sqeuclidean") / t.shape[1]
+    return float(ot.emd2(np.full(len(t), 1 / len(t)), np.full(len(s), 1 / len(s)), cost,
+                         numItermax=100_000_000))
+
+
+@pytest.mark.parametrize(("dtype", "rel"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(("n_t", "n_s", "solvers"), [
+    (64, 64, ("auto", "exact", "assignment")),
+    (200, 200, ("auto", "exact", "assignment")),
+    (96, 40, ("auto", "exact")),
+    (33, 150, ("auto", "exact")),
+])
+def test_fast_paths_equal_pot_emd2(n_t: int, n_s: int, solvers: tuple[str, ...], relu: bool,
+                                   dtype: torch.dtype, rel: float) -> None:
+    for seed in range(3):
+        teacher, student = neurons(n_t, 48, 2 * seed, relu), neurons(n_s, 48, 2 * seed + 1, relu)
+        expected = emd2(teacher, student)
+        for solver in solvers:
+            value = ot_distance(teacher.to(dtype), student.to(dtype), solver=solver)
+            assert value.item() == pytest.approx(expected, rel=rel), (solver, seed)
+
+
+def test_solver_cost_keeps_the_optimal_plans_and_is_nonnegative() -> None:
+    cost = cdist(np.random.default_rng(0).normal(size=(30, 5)),
+                 np.random.default_rng(1).normal(size=(20, 5)), "sqeuclidean")
+    reduced = solver_cost(cost)
+    assert reduced.min() == 0.0
+    a, b = np.full(30, 1 / 30), np.full(20, 1 / 20)
+    plan = ot.emd(a, b, reduced, numItermax=10_000_000)
+    assert (plan * cost).sum() == pytest.approx(ot.emd2(a, b, cost), rel=1e-12)
+
+
+PAIRS = [LayerPair("t1", "s1", (12, 3, 3), (12, 3, 3)), LayerPair("t2", "s2", (20,), (16,))]
+
+
+def ot_method(**params: object) -> torch.nn.Module:
+    return get_method("ot")(TransferContext(torch.nn.Identity(), torch.nn.Identity(), PAIRS),
+                            **params)
+
+
+def step_outputs(seed: int) -> StepOutputs:
+    g = torch.Generator().manual_seed(seed)
+    teacher = {"t1": torch.randn(6, 12, 3, 3, generator=g), "t2": torch.randn(6, 20, generator=g)}
+    student = {"s1": torch.randn(6, 12, 3, 3, generator=g).requires_grad_(),
+               "s2": torch.randn(6, 16, generator=g).requires_grad_()}
+    return StepOutputs(torch.zeros(6, 2), torch.zeros(6), student_features=student,
+                       teacher_features=teacher)
+
+
+def test_plan_every_1_equals_no_reuse_in_loss_and_gradient() -> None:
+    """Training mode with plan_every=1 against eval mode, which never reuses a plan."""
+    reused, fresh = ot_method(plan_every=1), ot_method(plan_every=1).eval()
+    settings = OTSettings()
+    for seed in range(5):
+        step, fresh_step, direct = step_outputs(seed), step_outputs(seed), step_outputs(seed)
+        terms, fresh_terms = reused(step), fresh(fresh_step)
+        sum(terms.values()).backward()
+        sum(fresh_terms.values()).backward()
+        for pair in PAIRS:
+            key = f"ot/{pair.key}"
+            assert torch.equal(terms[key], fresh_terms[key])
+            assert torch.equal(step.student_features[pair.student].grad,
+                               fresh_step.student_features[pair.student].grad)
+            expected = 0.1 * transport_cost(neuron_costs(
+                direct.teacher_features[pair.teacher], direct.student_features[pair.student],
+                settings), settings)
+            expected.backward()
+            assert torch.equal(terms[key], expected)
+            assert torch.equal(step.student_features[pair.student].grad,
+                               direct.student_features[pair.student].grad)
+
+
+class CountingSolver:
+    """Stands in for ``transport_plan`` and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.solve = ot_module.transport_plan
+
+    def __call__(self, cost: torch.Tensor, settings: OTSettings) -> torch.Tensor:
+        self.calls += 1
+        return self.solve(cost, settings)
+
+
+def test_plan_every_k_solves_once_per_k_steps_and_uses_current_costs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = CountingSolver()
+    monkeypatch.setattr(ot_module, "transport_plan", counter)
+    method, settings = ot_method(plan_every=3), OTSettings()
+    for index in range(7):  # solves at steps 0, 3 and 6
+        step = step_outputs(index)
+        terms = method(step)
+        assert counter.calls == len(PAIRS) * (index // 3 + 1)
+        pair = PAIRS[0]
+        cost = neuron_costs(step.teacher_features[pair.teacher],
+                            step.student_features[pair.student], settings)
+        plan = method._plans[pair.key]
+        torch.testing.assert_close(terms[f"ot/{pair.key}"], 0.1 * (plan * cost).sum())
+    assert counter.calls == 3 * len(PAIRS)
+
+
+def test_eval_mode_always_solves_and_leaves_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = CountingSolver()
+    monkeypatch.setattr(ot_module, "transport_plan", counter)
+    method = ot_method(plan_every=10)
+    method(step_outputs(0))
+    cached = dict(method._plans)
+    method.eval()
+    for index in range(3):
+        method(step_outputs(index + 1))
+        assert counter.calls == len(PAIRS) * (index + 2)
+    assert all(method._plans[key] is plan for key, plan in cached.items())
+    method.train()
+    method(step_outputs(9))  # training step 1 of 10: the cached plans
+    assert counter.calls == len(PAIRS) * 4
+
+
+def test_plan_every_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="plan_every must be >= 1"):
+        ot_method(plan_every=0)
+
+
+def test_measure_interleaves_variants_in_rotating_order() -> None:
+    order: list[str] = []
+
+    def variant(name: str) -> perf.Variant:
+        return lambda: order.append(name) or 1.0
+
+    samples = perf.measure({"a": variant("a"), "b": variant("b"), "c": variant("c")},
+                           repeats=3, warmup=1)
+    assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert samples == {"a": [1.0] * 3, "b": [1.0] * 3, "c": [1.0] * 3}
+
+
+def test_quick_perf_run_writes_json_with_ratios_of_medians(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "perf.json"
+    start = time.perf_counter()
+    # One thread: two OpenMP threads on two cores shared with other jobs run 100x slower.
+    assert main(["perf", "--quick", "--threads", "1", "--json", str(out)]) == 0
+    assert time.perf_counter() - start < 60
+    result = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert {"machine", "settings", "ot_layers", "methods", "plan_reuse", "data_path"} <= set(
+        result)
+    assert {"cpu_count", "torch", "device"} <= set(result["machine"])
+    assert result["machine"]["torch"] == torch.__version__
+
+    layers = result["ot_layers"]
+    assert {row["solver"] for row in layers} == {perf.REFERENCE, *perf.SOLVERS}
+    for row in layers:
+        reference = next(r for r in layers if r["width"] == row["width"]
+                         and r["solver"] == perf.REFERENCE)
+        assert row["ratio_to_reference"] == row["median_ms"] / reference["median_ms"]
+        assert f"{row['ratio_to_reference']:.3f}" in printed
+
+    for section in ("methods", "plan_reuse"):
+        rows = [r for r in result[section] if "skipped" not in r]
+        base = {r["method"]: r["median_ms"] for r in rows if r.get("plan_every") is None}
+        for row in rows:
+            assert row["ratio_to_finetune"] == row["median_ms"] / base["finetune"]
+            assert row["ratio_to_features_only"] == (row["median_ms"]
+                                                     / base[perf.FEATURES_ONLY])
+            assert f"{row['ratio_to_finetune']:.3f}" in printed
+    assert {"ot", "finetune", "fitnets", "at"} <= {r["method"] for r in result["methods"]}
+    assert {r["plan_every"] for r in result["plan_reuse"]} >= {1, 4}
+
+    for row in result["data_path"]:
+        assert row["ratio"] == row["loop_ms"] / row["bare_ms"]
+        assert f"{row['ratio']:.3f}" in printed

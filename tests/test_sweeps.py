@@ -1,0 +1,355 @@
+"""Sweeps end to end on tiny digits suites: validation, dry runs, studies, final stage, resume
+after a killed worker, failing trials and several workers on one SQLite storage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from otbench.benchmark import cli
+from otbench.benchmark.config import deep_merge
+from otbench.benchmark.tracking import default_tracking_uri
+from otbench.methods import get_method
+from otbench.sweeps import final, search
+from otbench.sweeps.space import build_space
+from otbench.sweeps.studies import (
+    SEED,
+    SKIPPED,
+    TrialSeededTPE,
+    default_storage_url,
+    make_storage,
+    open_study,
+)
+from otbench.sweeps.suite import bundled_suites, load_suite
+from otbench.sweeps.trials import State, StudyWork, Worker
+
+#: A suite small enough to run in seconds: cnn-s teacher and student, 2 epochs.
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "defaults": {"teacher": {"model": "cnn-s", "train": {"epochs": 2}},
+                 "train": {"epochs": 2, "batch_size": 32}},
+    "scenarios": [{"id": "cross", "scenario": "cross", "task": "digits:5-9@10",
+                   "student": "cnn-s", "teacher": {"task": "digits:0-4"},
+                   "methods": ["finetune", "ot"]}],
+    "budget": {"trials": 3},
+    "pruner": {"kind": "none"},
+    "final": {"seeds": 2},
+    "heartbeat": {"interval_s": 1, "grace_s": 3},
+}
+OT = "tiny/cross/digits:5-9@10/ot"
+FINETUNE = "tiny/cross/digits:5-9@10/finetune"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """Tiny models on a shared 2-core machine: one thread avoids spinning-thread slowdowns."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_suite(folder: Path, **changes: Any) -> Path:
+    path = folder / "suite.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(TINY, changes)))
+    return path
+
+
+def sweep_command(suite: Path, results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "otbench.benchmark.cli", "sweep", str(suite),
+            "--results-dir", str(results), "--quiet", *extra]
+
+
+def subprocess_env() -> dict[str, str]:
+    """One thread per process: tiny models gain nothing from more, and spinning threads of
+    several processes on a shared 2-core machine slow everything down many times over."""
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+
+
+def trials(results: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study,
+                             storage=default_storage_url(results)).get_trials(deepcopy=False)
+
+
+def finished(results: Path, study: str) -> int:
+    return sum(t.state in FINISHED for t in trials(results, study))
+
+
+def mlflow_runs(results: Path, experiment: str = "tiny") -> list[Any]:
+    client = MlflowClient(default_tracking_uri(results))
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], max_results=5000)
+
+
+def by_stage(runs: list[Any], stage: str, study: str | None = None) -> list[Any]:
+    return [r for r in runs if r.data.tags.get("stage") == stage
+            and (study is None or r.data.tags.get("study") == study)]
+
+
+def assert_nothing_running(results: Path) -> None:
+    statuses = Counter(r.info.status for r in mlflow_runs(results))
+    assert statuses["RUNNING"] == 0, statuses
+
+
+def assert_one_final_run_per_seed(results: Path, study: str, seeds: int) -> None:
+    finals = by_stage(mlflow_runs(results), "final", study)
+    done = [r for r in finals if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["seed"]) for r in done) == list(range(seeds))
+    assert all("test/acc" in r.data.metrics for r in done)
+
+
+# --- validation: exit code 2, nothing written ---------------------------------------------
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"budgett": {"trials": 2}}, "budgett: unknown key; did you mean 'budget'"),
+    ({"budget": {"trails": 2}}, "budget.trails: unknown key; did you mean 'trials'"),
+    ({"scenarios": [{**TINY["scenarios"][0], "metods": ["ot"]}]},
+     "metods: unknown key; did you mean 'methods'"),
+    ({"defaults": {"trian": {}}}, "trian: unknown key; did you mean 'train'"),
+    ({"scenarios": [{**TINY["scenarios"][0], "methods": ["l2sp"]}]},
+     "method 'l2sp': method 'l2sp' does not apply to scenario 'cross'"),
+    ({"scenarios": [{**TINY["scenarios"][0], "methods": ["ott"]}]}, "Did you mean 'ot'"),
+    ({"search": {"ot": {"wieght": {"low": 0.1}}}}, "Did you mean 'weight'"),
+    ({"search": {"oot": {"weight": {"low": 0.1}}}}, "unknown method (in search:) 'oot'"),
+    ({"search": {"ot": {"weight": {"low": 10, "high": 1}}}},
+     "search.ot.weight: hyper-parameter 'weight': numeric range needs low <= high"),
+    ({"search": {"ot": {"solver": {"low": 1}}}}, "search.ot.solver: a categorical"),
+    ({"search": {"ot": {"solver": {"choices": ["simplex"]}}}},
+     "search.ot.solver: hyper-parameter 'solver': 'simplex' is not one of"),
+    ({"defaults": {"method": "ot"}}, "defaults.method: not allowed here"),
+    ({"scenarios": [{**TINY["scenarios"][0], "overrides": {"results_dir": "x"}}]},
+     "overrides.results_dir: not allowed here"),
+])
+def test_bad_suites_exit_2_and_write_nothing(tmp_path, capsys, changes, expected) -> None:
+    results = tmp_path / "results"
+    code = cli.main(["sweep", str(write_suite(tmp_path, **changes)),
+                     "--results-dir", str(results)])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_unknown_suite_name_suggests_a_bundled_one(capsys) -> None:
+    assert cli.main(["sweep", "quik", "--dry-run"]) == 2
+    assert "Did you mean 'quick'" in capsys.readouterr().err
+
+
+def test_search_override_widens_and_makes_fixed_parameters_searched() -> None:
+    from otbench.sweeps.schema import SearchRange
+
+    ot = get_method("ot")
+    default = build_space(ot, {})
+    assert [hp.name for hp in default] == ["weight"]
+    space = build_space(ot, {"weight": SearchRange(low=1e-3, high=1.0),
+                             "solver": SearchRange(choices=["exact", "sinkhorn"])})
+    by_name = {hp.name: hp for hp in space}
+    assert (by_name["weight"].low, by_name["weight"].high, by_name["weight"].log) == \
+        (1e-3, 1.0, True)
+    assert by_name["solver"].choices == ("exact", "sinkhorn")
+    assert build_space(get_method("finetune"), {}) == ()
+
+
+def test_concurrent_workers_propose_different_points_reproducibly() -> None:
+    """Per-trial seeding: a rerun proposes the same points, two workers different ones."""
+    def proposals() -> list[float]:
+        study = optuna.create_study(sampler=TrialSeededTPE(42), direction="maximize")
+        asked = [study.ask() for _ in range(3)]  # three workers, all before any result
+        return [t.suggest_float("w", 1e-4, 10, log=True) for t in asked]
+
+    first = proposals()
+    assert len(set(first)) == 3
+    assert proposals() == first
+
+
+def study_work(tmp_path: Path, method: str = "ot") -> tuple[Worker, StudyWork]:
+    """A worker's view of one study of the tiny suite, on a fresh SQLite storage."""
+    results = tmp_path / "results"
+    suite = load_suite(str(write_suite(tmp_path)), {"results_dir": str(results)})
+    spec = next(s for s in suite.studies if s.method == method)
+    uri = default_tracking_uri(results)
+    storage = make_storage(default_storage_url(results), suite.heartbeat, uri)
+    work = StudyWork(spec, open_study(storage, spec.name, suite.pruner),
+                     open_study(storage, final.study_name(spec.name), None), "no-parent")
+    return Worker(suite, uri, progress=False, verbose=False), work
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() by hand
+def test_a_trial_beyond_the_claimed_budget_is_skipped_not_run(tmp_path) -> None:
+    """Two workers may both see one free slot; the later trial number gives way."""
+    worker, work = study_work(tmp_path)
+    for _ in range(3):  # the budget: three trials running on other workers
+        work.study.ask()
+    search.run_trial(worker, work)  # this worker asked at the same moment
+    extra = work.study.trials[-1]
+    assert extra.state == TrialState.FAIL and SKIPPED in extra.user_attrs
+    assert "fail_reason" not in extra.user_attrs  # not a failure
+    assert search.state(worker, work) is State.BUSY  # wait for the others, start nothing
+    assert not (tmp_path / "results" / "mlflow.db").exists()  # nothing was trained
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() by hand
+def test_a_seed_queued_twice_runs_once(tmp_path) -> None:
+    worker, work = study_work(tmp_path)
+    for _ in range(2):  # two workers queued seed 0 at the same instant
+        work.final.enqueue_trial({}, user_attrs={SEED: 0, "params": {}, "source_trial": 0})
+    assert work.final.ask().user_attrs[SEED] == 0  # the first copy runs elsewhere
+    final.run_seed(worker, work)
+    twin = work.final.trials[-1]
+    assert twin.state == TrialState.FAIL and "already trial 0's" in twin.user_attrs[SKIPPED]
+
+
+# --- dry runs ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suite", ["quick", "cifar100-distill", "imagenet-transfer"])
+def test_bundled_suites_dry_run_without_data_or_files(tmp_path, capsys, suite) -> None:
+    assert suite in bundled_suites()
+    results = tmp_path / "results"
+    assert cli.main(["sweep", suite, "--dry-run", "--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    for spec in load_suite(suite, {"results_dir": str(results)}).studies:
+        assert spec.name in out
+    assert "trials per study" in out and "nothing was trained or written" in out
+    assert not results.exists()
+
+
+def test_quick_suite_covers_the_three_scenarios() -> None:
+    studies = {s.name for s in load_suite("quick").studies}
+    assert {f"quick/transfer/digits:5-9@10/{m}" for m in
+            ("finetune", "l2sp", "fitnets", "at", "ot")} <= studies
+    assert {f"quick/distill/digits/{m}" for m in
+            ("finetune", "kd", "fitnets", "at", "ot")} <= studies
+    assert {f"quick/cross/digits:5-9@10/{m}" for m in
+            ("finetune", "fitnets", "at", "ot")} <= studies
+
+
+def test_all_methods_means_the_applicable_ones(tmp_path) -> None:
+    suite = write_suite(tmp_path, scenarios=[{**TINY["scenarios"][0], "methods": "all"}])
+    methods = {s.method for s in load_suite(str(suite)).studies}
+    assert {"finetune", "ot", "fitnets", "at"} <= methods
+    assert not methods & {"l2sp", "kd"}  # need the same architecture / the same labels
+
+
+# --- running sweeps ------------------------------------------------------------------------
+
+def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
+    suite, results = write_suite(tmp_path), tmp_path / "results"
+    argv = ["sweep", str(suite), "--results-dir", str(results), "--quiet"]
+    assert cli.main(argv) == 0
+    assert "test acc" in capsys.readouterr().out
+    assert finished(results, OT) == 3 and finished(results, FINETUNE) == 1  # nothing to search
+    runs = mlflow_runs(results)
+    for study, count in ((OT, 3), (FINETUNE, 1)):
+        parents = by_stage(runs, "study", study)
+        assert len(parents) == 1
+        children = by_stage(runs, "trial", study)
+        assert len(children) == count
+        assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+        assert sorted(r.data.tags["trial"] for r in children) == [str(i) for i in range(count)]
+        finals = by_stage(runs, "final", study)
+        assert {r.data.tags["mlflow.parentRunId"] for r in finals} == {parents[0].info.run_id}
+        assert_one_final_run_per_seed(results, study, 2)
+    assert_nothing_running(results)
+
+    assert cli.main(argv) == 0  # the same command again: everything is done already
+    assert len(mlflow_runs(results)) == len(runs)
+
+
+def test_killed_sweep_resumes_without_losing_or_repeating_work(tmp_path) -> None:
+    suite = write_suite(tmp_path, defaults={"train": {"epochs": 40}},
+                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot"]}],
+                        budget={"trials": 2})
+    results = tmp_path / "results"
+    command = sweep_command(suite, results)
+    first = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        killed_trial = wait_for_running_trial(results / "optuna.db", first)
+    finally:
+        first.kill()  # SIGKILL: no cleanup code runs
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+
+    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+
+    assert finished(results, OT) == 2
+    stale = [t for t in trials(results, OT) if t.state == TrialState.FAIL]
+    assert [t.number for t in stale] == [killed_trial]
+    killed_run = stale[0].user_attrs["mlflow_run_id"]
+    run = MlflowClient(default_tracking_uri(results)).get_run(killed_run)
+    assert run.info.status == "KILLED" and "died" in run.data.tags["stopped_reason"]
+    assert_one_final_run_per_seed(results, OT, 2)
+    assert_nothing_running(results)
+
+
+def wait_for_running_trial(db: Path, process: subprocess.Popen, timeout: float = 120) -> int:
+    """The number of the first trial that is RUNNING with an MLflow run (mid-training)."""
+    query = ("select t.number from trials t join trial_user_attributes a using (trial_id) "
+             "where t.state = 'RUNNING' and a.key = 'mlflow_run_id'")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as connection:
+                    row = connection.execute(query).fetchone()
+            except sqlite3.OperationalError:  # tables not created yet, or locked
+                row = None
+            if row is not None:
+                return row[0]
+        time.sleep(0.1)
+    raise AssertionError("no trial started training in time")
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, capsys) -> None:
+    suite = write_suite(tmp_path, search={"ot": {"weight": {"low": 1e35, "high": 1e36}}},
+                        budget={"trials": 3, "max_failures": 2})
+    results = tmp_path / "results"
+    code = cli.main(["sweep", str(suite), "--results-dir", str(results), "--quiet"])
+    assert code == 1  # a study ended without any result
+    assert OT in capsys.readouterr().err
+    failed = trials(results, OT)
+    assert [t.state for t in failed] == [TrialState.FAIL] * 2  # stopped at max_failures
+    assert all("NonFiniteLossError" in t.user_attrs["fail_reason"] for t in failed)
+    runs = by_stage(mlflow_runs(results), "trial", OT)
+    assert [r.info.status for r in runs] == ["FAILED"] * 2
+    assert all("nan" in r.data.tags["failure_reason"] for r in runs)
+    assert finished(results, FINETUNE) == 1  # the other study went on
+    assert_one_final_run_per_seed(results, FINETUNE, 2)
+    assert not by_stage(mlflow_runs(results), "final", OT)
+    assert_nothing_running(results)
+
+
+def test_two_local_workers_share_the_studies_on_sqlite(tmp_path) -> None:
+    suite = write_suite(tmp_path, budget={"trials": 4},
+                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot", "fitnets"]}])
+    results = tmp_path / "results"
+    done = subprocess.run(sweep_command(suite, results, "--workers", "2"),
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs = mlflow_runs(results)
+    for study in (OT, "tiny/cross/digits:5-9@10/fitnets"):
+        complete = [t for t in trials(results, study) if t.state in FINISHED]
+        assert len(complete) == 4
+        assert len({t.params["weight"] for t in complete}) == 4  # no point tried twice
+        children = [r for r in by_stage(runs, "trial", study) if r.info.status == "FINISHED"]
+        assert sorted(int(r.data.tags["trial"]) for r in children) == \
+            sorted(t.number for t in complete)
+        assert_one_final_run_per_seed(results, study, 2)
+    assert_nothing_running(results)
