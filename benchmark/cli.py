@@ -72,13 +72,14 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from otbench.methods import get_method, method_names
 
+    width = max(map(len, method_names())) + 2
     for name in method_names():
         cls = get_method(name)
-        print(f"{name:10s} {cls.summary}")
-        print(f"{'':10s} applies: {cls.applicability()}; reads: "
+        print(f"{name:{width}s}{cls.summary}")
+        print(f"{'':{width}s}applies: {cls.applicability()}; reads: "
               f"{', '.join(sorted(cls.reads)) or 'nothing'}")
         for hp in cls.hyperparams:
-            print(f"{'':10s}   {hp.describe()}" + (f"  — {hp.help}" if hp.help else ""))
+            print(f"{'':{width}s}  {hp.describe()}" + (f"  — {hp.help}" if hp.help else ""))
     return 0
 
 
