@@ -70,3 +70,26 @@ def test_a_plugin_declaring_a_bad_space_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"badspace\.py.*'w': a log range needs low > 0"):
         load_plugins([path])
     assert "badspace" not in method_names()
+
+
+def test_a_plugin_method_sweeps_beside_ot_and_shows_in_the_report(tmp_path: Path) -> None:
+    import yaml
+
+    plugin = tmp_path / "shared_plugin.py"
+    plugin.write_text((ROOT / "examples" / "my_method.py").read_text()
+                      .replace('"cosine"', '"mycos"').replace("cosine/", "mycos/"))
+    suite = {"name": "plug",
+             "defaults": {"teacher": {"model": "cnn-s", "train": {"epochs": 2}},
+                          "train": {"epochs": 2, "batch_size": 32}},
+             "scenarios": [{"id": "cross", "scenario": "cross", "task": "digits:5-9@10",
+                            "student": "cnn-s", "teacher": {"task": "digits:0-4"},
+                            "methods": ["ot", "mycos"]}],
+             "budget": {"trials": 2}, "pruner": {"kind": "none"}, "final": {"seeds": 2}}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    results = tmp_path / "results"
+    done = otbench("sweep", str(tmp_path / "suite.yaml"), "--plugin", str(plugin), "--quiet",
+                   "--results-dir", str(results), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (results / "report" / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert any("mycos" in row for row in rows) and any(" ot" in row.lower() for row in rows)
