@@ -215,7 +215,7 @@ def test_a_seed_queued_twice_runs_once(tmp_path) -> None:
 
 # --- dry runs ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("suite", ["quick", "cifar100-distill", "imagenet-transfer"])
+@pytest.mark.parametrize("suite", ["quick", "zoo", "cifar100-distill", "imagenet-transfer"])
 def test_bundled_suites_dry_run_without_data_or_files(tmp_path, capsys, suite) -> None:
     assert suite in bundled_suites()
     results = tmp_path / "results"
