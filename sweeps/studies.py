@@ -9,6 +9,8 @@ same parameters again.
 from __future__ import annotations
 
 import importlib.util
+import random
+import time
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -23,7 +25,7 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from otbench.benchmark import tracking
 from otbench.errors import ConfigError
@@ -37,6 +39,9 @@ SKIPPED = "skipped"  # not run: another worker had the budget or the seed (not a
 SEED = "seed"  # final stage: which seed the trial trains
 PARAMS = "params"  # final stage: the best parameters it re-trains
 SOURCE_TRIAL = "source_trial"  # final stage: the study's trial those parameters came from
+
+#: Tries to open a storage; the first ones can lose a race to create its tables.
+STORAGE_ATTEMPTS = 10
 
 #: States that hold or will hold a result; a trial in one of them claims its place.
 CLAIMING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -85,16 +90,29 @@ def make_storage(url: str, heartbeat: HeartbeatSettings, tracking_uri: str) -> R
         engine: dict[str, Any] = {"connect_args": {"timeout": 120}}  # wait out writers' locks
     else:
         engine = {"pool_pre_ping": True}
-    try:
-        with experimental_ok():
-            return RDBStorage(with_installed_driver(url), engine_kwargs=engine,
-                              heartbeat_interval=heartbeat.interval_s,
-                              grace_period=heartbeat.grace_s,
-                              heartbeat_stale_trial_callback=StaleTrialCallback(
-                                  tracking_uri, heartbeat.max_retries))
-    except Exception as err:  # a bad URL, an unreachable server, a missing driver
-        raise ConfigError(f"--storage {display_url(url)!r}: cannot open the Optuna storage: "
-                          f"{type(err).__name__}: {err}") from None
+    callback = StaleTrialCallback(tracking_uri, heartbeat.max_retries)
+    attempt = 1
+    while True:
+        try:
+            with experimental_ok():
+                return RDBStorage(with_installed_driver(url), engine_kwargs=engine,
+                                  heartbeat_interval=heartbeat.interval_s,
+                                  grace_period=heartbeat.grace_s,
+                                  heartbeat_stale_trial_callback=callback)
+        except SQLAlchemyError as err:
+            # Machines starting together on a fresh database race to create Optuna's
+            # tables; the loser finds them made on its next attempt.
+            if attempt == STORAGE_ATTEMPTS:
+                raise storage_error(url, err) from None
+        except Exception as err:  # a bad URL, a missing driver
+            raise storage_error(url, err) from None
+        time.sleep(min(attempt, 3) * (0.5 + random.random()))  # jitter: racers drift apart
+        attempt += 1
+
+
+def storage_error(url: str, err: Exception) -> ConfigError:
+    return ConfigError(f"--storage {display_url(url)!r}: cannot open the Optuna storage: "
+                       f"{type(err).__name__}: {err}")
 
 
 @dataclass(frozen=True)
