@@ -60,9 +60,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     quiet_optuna()
     try:
         parents = prepare(suite, storage_url, progress=not args.quiet)
-        job = WorkerJob(args.suite, settings, storage_url, parents,
+        job = WorkerJob(args.suite, settings, storage_url, parents, workers=args.workers,
                         progress=not args.quiet and args.workers == 1, verbose=not args.quiet)
-        failed_workers = run_workers(job, args.workers)
+        failed_workers = run_workers(job)
     except KeyboardInterrupt:
         print("otbench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -12,8 +12,10 @@ from __future__ import annotations
 import multiprocessing
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from otbench.benchmark.runner import run_tags
 from otbench.benchmark.teachers import get_teacher
@@ -22,7 +24,7 @@ from otbench.benchmark.tracking import RunLogger, client_for, ensure_run, tracki
 from . import final
 from .studies import Counts, count, make_storage, open_study
 from .suite import Suite
-from .worker import WorkerJob, default_threads, run_worker
+from .worker import WorkerJob, run_worker
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class StudyResult:
 
 def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]:
     """Create the shared state; returns each study's MLflow parent run id."""
+    if suite.threads is not None:
+        torch.set_num_threads(suite.threads)  # teachers train here
     uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
     storage = make_storage(storage_url, suite.heartbeat, uri)
     parents = {}
@@ -64,15 +68,14 @@ def prepare_teachers(suite: Suite, tracking_uri: str, *, progress: bool) -> None
                     experiment=cfg.experiment, progress=progress)
 
 
-def run_workers(job: WorkerJob, workers: int) -> int:
-    """Run ``workers`` workers (in this process when 1); returns how many failed."""
-    if workers == 1:
+def run_workers(job: WorkerJob) -> int:
+    """Run ``job.workers`` workers (in this process when 1); returns how many failed."""
+    if job.workers == 1:
         run_worker(job)
         return 0
     context = multiprocessing.get_context("spawn")  # no forked torch/SQLite state
-    job = replace(job, threads=default_threads(workers))
     processes = [context.Process(target=worker_process, args=(job,),
-                                 name=f"otbench-worker-{i}") for i in range(workers)]
+                                 name=f"otbench-worker-{i}") for i in range(job.workers)]
     for process in processes:
         process.start()
     for process in processes:

@@ -83,3 +83,6 @@ class SuiteFile(Strict):
     final: FinalSettings = Field(default_factory=FinalSettings)
     search: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    threads: PositiveInt | None = Field(
+        None, description="torch CPU threads per worker (default: the cores shared among "
+        "local workers); small models run as fast on 1 and never contend for cores")

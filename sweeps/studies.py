@@ -24,6 +24,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -90,6 +91,7 @@ def make_storage(url: str, heartbeat: HeartbeatSettings, tracking_uri: str) -> R
         engine: dict[str, Any] = {"connect_args": {"timeout": 120}}  # wait out writers' locks
     else:
         engine = {"pool_pre_ping": True}
+        check_reachable(url)  # fail at once, not after the retries below
     callback = StaleTrialCallback(tracking_uri, heartbeat.max_retries)
     attempt = 1
     while True:
@@ -108,6 +110,18 @@ def make_storage(url: str, heartbeat: HeartbeatSettings, tracking_uri: str) -> R
             raise storage_error(url, err) from None
         time.sleep(min(attempt, 3) * (0.5 + random.random()))  # jitter: racers drift apart
         attempt += 1
+
+
+def check_reachable(url: str) -> None:
+    """Connect once: a wrong host, port, password or database is a clear error."""
+    try:
+        engine = create_engine(with_installed_driver(url))
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+    except Exception as err:
+        raise storage_error(url, err) from None
 
 
 def storage_error(url: str, err: Exception) -> ConfigError:

@@ -84,6 +84,7 @@ class Suite:
     heartbeat: HeartbeatSettings
     results_dir: str
     tracking_uri: str | None
+    threads: int | None
 
     @property
     def max_failures(self) -> int:
@@ -129,7 +130,7 @@ def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
                     for study in _entry_studies(raw, i, entry, defaults, experiment, search))
     first = studies[0].plan.config
     return Suite(raw.name, experiment, studies, raw.budget, raw.pruner, raw.final,
-                 raw.heartbeat, first.results_dir, first.tracking_uri)
+                 raw.heartbeat, first.results_dir, first.tracking_uri, raw.threads)
 
 
 def _search_overrides(search: Mapping[str, Mapping[str, Any]]

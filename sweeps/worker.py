@@ -36,16 +36,17 @@ class WorkerJob:
     parent_runs: dict[str, str]  # study name -> its MLflow parent run
     progress: bool = False
     verbose: bool = True
-    threads: int | None = None
+    workers: int = 1  # local workers on this machine, which share its cores
 
 
 def run_worker(job: WorkerJob) -> None:
     """The worker loop (also the entry point of a spawned worker process)."""
     load_plugins()  # a spawned process gets the parent's --plugin list from the environment
     quiet_optuna()
-    if job.threads is not None:
-        torch.set_num_threads(job.threads)
     suite = load_suite(job.suite_ref, job.settings)
+    threads = suite.threads or (default_threads(job.workers) if job.workers > 1 else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
     uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
     storage = make_storage(job.storage_url, suite.heartbeat, uri)
     worker = Worker(suite, uri, job.progress, job.verbose)

@@ -49,6 +49,7 @@ TINY: dict[str, Any] = {
     "pruner": {"kind": "none"},
     "final": {"seeds": 2},
     "heartbeat": {"interval_s": 1, "grace_s": 3},
+    "threads": 1,  # tiny models; spinning threads would slow a shared 2-core machine
 }
 OT = "tiny/cross/digits:5-9@10/ot"
 FINETUNE = "tiny/cross/digits:5-9@10/finetune"
@@ -56,10 +57,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny models on a shared 2-core machine: one thread avoids spinning-thread slowdowns."""
+def restore_threads() -> Any:
+    """A sweep run in this process sets torch's threads (the suite's ``threads: 1``)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
@@ -76,9 +76,7 @@ def sweep_command(suite: Path, results: Path, *extra: str) -> list[str]:
 
 
 def subprocess_env() -> dict[str, str]:
-    """One thread per process: tiny models gain nothing from more, and spinning threads of
-    several processes on a shared 2-core machine slow everything down many times over."""
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def trials(results: Path, study: str) -> list[optuna.trial.FrozenTrial]:
@@ -141,6 +139,16 @@ def test_bad_suites_exit_2_and_write_nothing(tmp_path, capsys, changes, expected
                      "--results-dir", str(results)])
     assert code == 2
     assert expected in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_unreachable_storage_is_a_clear_error(tmp_path, capsys) -> None:
+    results = tmp_path / "results"
+    code = cli.main(["sweep", str(write_suite(tmp_path)), "--results-dir", str(results),
+                     "--storage", "postgresql://user:secret@127.0.0.1:1/optuna"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot open the Optuna storage" in err and "secret" not in err
     assert not results.exists()
 
 
