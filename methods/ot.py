@@ -157,9 +157,14 @@ def _assignment_plan(cost: np.ndarray) -> np.ndarray:
 
 
 def _sinkhorn_plan(cost: np.ndarray, settings: OTSettings) -> np.ndarray:
+    return sinkhorn_plan(cost, settings.epsilon * max(float(cost.mean()), 1e-12), settings)
+
+
+def sinkhorn_plan(cost: np.ndarray, reg: float, settings: OTSettings) -> np.ndarray:
+    """Log-domain Sinkhorn plan for uniform weights at absolute ``reg``, with an explicit
+    marginal check that warns when it did not converge (POT's own warning is easy to miss)."""
     n_t, n_s = cost.shape
     a, b = _uniform(n_t), _uniform(n_s)
-    reg = settings.epsilon * max(float(cost.mean()), 1e-12)
     plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log",
                        numItermax=settings.sinkhorn_max_iter,
                        stopThr=settings.sinkhorn_tol, warn=False)
@@ -168,7 +173,7 @@ def _sinkhorn_plan(cost: np.ndarray, settings: OTSettings) -> np.ndarray:
         warnings.warn(f"Sinkhorn did not converge in {settings.sinkhorn_max_iter} iterations "
                       f"(marginal error {marginal_error:.2e} > tolerance "
                       f"{settings.sinkhorn_tol:.0e}); raise epsilon or sinkhorn_max_iter",
-                      OTSolverWarning, stacklevel=3)
+                      OTSolverWarning, stacklevel=4)
     return plan
 
 

@@ -25,12 +25,10 @@ only the marginal-error warning fires). On random features ``S_ε`` is 14 % belo
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import ot
 import torch
 from scipy.special import xlogy
 from torch import Tensor
@@ -52,10 +50,10 @@ from .ot import (
     NORMALIZATIONS,
     SPATIAL_MODES,
     OTSettings,
-    OTSolverWarning,
     cost_matrix,
     match_spatial,
     normalize_neurons,
+    sinkhorn_plan,
 )
 
 
@@ -102,18 +100,9 @@ def entropic_ot(cost: Tensor, reg: float, settings: OTSettings) -> Tensor:
     """
     cost64 = cost.detach().to("cpu", torch.float64).numpy()
     a, b = _uniform(cost64.shape[0]), _uniform(cost64.shape[1])
-    if not np.isfinite(cost64).all():
-        plan = np.outer(a, b)  # keeps the value non-finite, so training names the term
-    else:
-        plan = ot.sinkhorn(a, b, cost64, reg, method="sinkhorn_log",
-                           numItermax=settings.sinkhorn_max_iter,
-                           stopThr=settings.sinkhorn_tol, warn=False)
-        error = np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - b).sum()
-        if not np.isfinite(error) or error > 10 * settings.sinkhorn_tol:
-            warnings.warn(f"Sinkhorn did not converge in {settings.sinkhorn_max_iter} "
-                          f"iterations (marginal error {error:.2e} > tolerance "
-                          f"{settings.sinkhorn_tol:.0e}); raise epsilon", OTSolverWarning,
-                          stacklevel=3)
+    # A diverged cost keeps the value non-finite, so the training loop names the term.
+    finite = np.isfinite(cost64).all()
+    plan = sinkhorn_plan(cost64, reg, settings) if finite else np.outer(a, b)
     entropy = float(xlogy(plan, plan / np.outer(a, b)).sum())
     return (torch.from_numpy(plan).to(cost) * cost).sum() + reg * entropy
 
