@@ -226,15 +226,16 @@ def ot_distance(teacher_features: Tensor, student_features: Tensor,
     return transport_cost(neuron_costs(teacher_features, student_features, config), config)
 
 
-def check_pair_shapes(pair: LayerPair, spatial: str) -> None:
-    """Fail before training on a pair OT cannot compare, naming both layers and shapes."""
+def check_pair_shapes(pair: LayerPair, spatial: str, method: str = "ot") -> None:
+    """Fail before training on a pair ``method`` (OT or a variant) cannot compare, naming
+    both layers and shapes."""
     t, s = pair.teacher_shape, pair.student_shape
     if len(t) != len(s) or len(t) not in (1, 3):
-        raise ConfigError(f"method 'ot' cannot compare {pair.describe()}: pair two "
+        raise ConfigError(f"method {method!r} cannot compare {pair.describe()}: pair two "
                           "convolutional or two fully connected layers")
     if len(t) == 3 and t[1:] != s[1:] and spatial == "error":
-        raise ConfigError(f"method 'ot': spatial sizes differ for {pair.describe()}; set "
-                          "spatial='pool' or pair layers of equal size")
+        raise ConfigError(f"method {method!r}: spatial sizes differ for {pair.describe()}; "
+                          "set spatial='pool' or pair layers of equal size")
 
 
 @register_method("ot")

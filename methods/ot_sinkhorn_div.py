@@ -33,8 +33,6 @@ import torch
 from scipy.special import xlogy
 from torch import Tensor
 
-from otbench.errors import ConfigError
-
 from .base import (
     HyperParam,
     LayerPair,
@@ -50,6 +48,7 @@ from .ot import (
     NORMALIZATIONS,
     SPATIAL_MODES,
     OTSettings,
+    check_pair_shapes,
     cost_matrix,
     match_spatial,
     normalize_neurons,
@@ -72,13 +71,7 @@ def neuron_hyperparams() -> tuple[HyperParam, ...]:
 def check_ot_pairs(method: str, pairs: Sequence[LayerPair], spatial: str) -> None:
     """Fail before training on a pair an OT variant cannot compare, naming both layers."""
     for pair in pairs:
-        t, s = pair.teacher_shape, pair.student_shape
-        if len(t) != len(s) or len(t) not in (1, 3):
-            raise ConfigError(f"method {method!r} cannot compare {pair.describe()}: pair two "
-                              "convolutional or two fully connected layers")
-        if len(t) == 3 and t[1:] != s[1:] and spatial == "error":
-            raise ConfigError(f"method {method!r}: spatial sizes differ for {pair.describe()}; "
-                              "set spatial='pool' or pair layers of equal size")
+        check_pair_shapes(pair, spatial, method)
 
 
 def neuron_sets(teacher: Tensor, student: Tensor, settings: OTSettings,
