@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,6 +68,10 @@ class RunResult:
     val_acc: float
     test_acc: float | None
     history: list[EpochLog]
+    #: Seconds in the epoch loop (training, validation, diagnostics) less the time spent
+    #: logging to MLflow and in the epoch hook (Optuna's pruning): what remains of a sweep
+    #: trial's wall time is bookkeeping.
+    loop_seconds: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -251,15 +256,22 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         if recorder is not None:
             run.log_metrics(recorder.record(0), step=0)
 
+        logging_seconds = 0.0
+
         def log_epoch(log: EpochLog) -> None:
+            nonlocal logging_seconds
             diagnostics = recorder.record(log.epoch) if recorder is not None else {}
+            start = time.perf_counter()
             run.log_metrics({**log.metrics(), **diagnostics}, step=log.epoch)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(log)
+            logging_seconds += time.perf_counter() - start
 
         generator = torch.Generator().manual_seed(cfg.seed)
+        loop_start = time.perf_counter()
         history = run_epochs(runner, task, cfg.train, generator=generator, on_epoch=log_epoch,
                              progress=progress, description=f"{cfg.method} {cfg.task}")
+        loop_seconds = time.perf_counter() - loop_start - logging_seconds
         val_acc = history[-1].val_acc
         final = {"val/acc_final": val_acc}
         test_acc = accuracy(runner.model, task.test, task) if cfg.evaluate_test else None
@@ -267,6 +279,6 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
             final["test/acc"] = test_acc
         run.log_metrics(final, step=cfg.train.epochs)
         _log_files(run, runner.model if cfg.save_model else None, recorder)
-    return RunResult(run.run_id, val_acc, test_acc, history)
+    return RunResult(run.run_id, val_acc, test_acc, history, loop_seconds)
 
 

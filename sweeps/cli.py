@@ -7,11 +7,14 @@ costs nothing to the other commands.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from otbench.errors import ConfigError
+
+from .schema import bundled_suites
 
 if TYPE_CHECKING:
     from .driver import StudyResult
@@ -24,7 +27,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("sweep", help=help_text, description=help_text)
     parser.set_defaults(handler=cmd_sweep)
     parser.add_argument("suite", help="a suite YAML file, or the name of a bundled suite "
-                        "(quick, cifar100-distill, imagenet-transfer)")
+                        f"({', '.join(bundled_suites())})")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes "
                         "sharing the studies (default 1)")
     parser.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db "
@@ -111,6 +114,11 @@ def print_results(results: list[StudyResult]) -> None:
         print(f"{r.name:<{width}}  trials {r.counts.finished}/{r.budget} (pruned "
               f"{r.counts.pruned}, failed {r.counts.failed})  best val acc {best}  "
               f"{summary(r.tests)}")
+    overheads = [seconds for r in results for seconds in r.overheads]
+    if overheads:
+        print(f"overhead per run (wall time outside the epoch loop: Optuna, MLflow, loading "
+              f"and building): median {statistics.median(overheads):.2f} s, max "
+              f"{max(overheads):.2f} s over {len(overheads)} runs")
 
 
 def write_report(suite: Suite, storage_url: str) -> Path | None:

@@ -10,6 +10,7 @@ studies: each machine does this setup (idempotent) and runs its own workers.
 from __future__ import annotations
 
 import multiprocessing
+import statistics
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from otbench.benchmark.teachers import get_teacher
 from otbench.benchmark.tracking import RunLogger, client_for, ensure_run, tracking_uri_for
 
 from . import final
-from .studies import Counts, count, make_storage, open_study
+from .studies import Counts, count, make_storage, open_study, overhead_seconds
 from .suite import Suite
 from .worker import WorkerJob, run_worker
 
@@ -33,6 +34,7 @@ class StudyResult:
     budget: int
     counts: Counts
     tests: list[float]
+    overheads: list[float]  # seconds per completed trial and final run outside its epoch loop
 
 
 def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]:
@@ -100,9 +102,11 @@ def collect(suite: Suite, storage_url: str) -> list[StudyResult]:
     for spec in suite.studies:
         study = open_study(storage, spec.name, suite.pruner)
         final_study = open_study(storage, final.study_name(spec.name), None)
-        results.append(StudyResult(spec.name, spec.trials,
-                                   count(study.get_trials(deepcopy=False)),
-                                   final.test_accuracies(final_study)))
+        trials = study.get_trials(deepcopy=False)
+        results.append(StudyResult(spec.name, spec.trials, count(trials),
+                                   final.test_accuracies(final_study),
+                                   overhead_seconds(trials + final_study.get_trials(
+                                       deepcopy=False))))
     return results
 
 
@@ -114,4 +118,6 @@ def log_results(suite: Suite, parents: Mapping[str, str], results: list[StudyRes
                    "trials/pruned": result.counts.pruned, "trials/failed": result.counts.failed}
         if result.counts.best is not None:
             metrics["val/acc_best"] = result.counts.best
+        if result.overheads:
+            metrics["trials/overhead_median_s"] = statistics.median(result.overheads)
         RunLogger(client, parents[result.name]).log_metrics(metrics)

@@ -35,6 +35,7 @@ from .trials import (
     StudyWork,
     Worker,
     finished_run_metric,
+    record_loop_time,
     recorded_failure,
     run_one,
     run_recorder,
@@ -115,6 +116,7 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
         result = execute_run(cfg, stage="final", parent_run_id=work.parent_run_id,
                              on_start=run_recorder(trial), progress=worker.progress)
     trial.set_user_attr("val_acc", result.val_acc)
+    record_loop_time(trial, result)
     assert result.test_acc is not None  # evaluate_test=True
     return result.test_acc
 

@@ -6,6 +6,7 @@ a typo deep in the file is still reported with its place and a suggestion.
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
@@ -68,6 +69,9 @@ class ScenarioEntry(Strict):
     methods: list[str] | Literal["all"]
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="run config keys for this entry only")
+    search: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="search ranges for this entry only, over the "
+        "suite's search: (e.g. fix a parameter to a different value per entry)")
 
 
 class SuiteFile(Strict):
@@ -86,3 +90,10 @@ class SuiteFile(Strict):
     threads: PositiveInt | None = Field(
         None, description="torch CPU threads per worker (default: the cores shared among "
         "local workers); small models run as fast on 1 and never contend for cores")
+
+
+def bundled_suites() -> list[str]:
+    """Names of the suites shipped in ``sweeps/suites`` (package data)."""
+    folder = resources.files("otbench.sweeps") / "suites"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
+                  if p.name.endswith(".yaml"))

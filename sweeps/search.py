@@ -18,6 +18,7 @@ from .trials import (
     StudyWork,
     Worker,
     finished_run_metric,
+    record_loop_time,
     recorded_failure,
     run_one,
     run_recorder,
@@ -75,6 +76,7 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
                                  progress=worker.progress)
         except TrialPruned as err:
             raise optuna.TrialPruned(str(err)) from None
+    record_loop_time(trial, result)
     return result.val_acc
 
 

@@ -40,6 +40,7 @@ SKIPPED = "skipped"  # not run: another worker had the budget or the seed (not a
 SEED = "seed"  # final stage: which seed the trial trains
 PARAMS = "params"  # final stage: the best parameters it re-trains
 SOURCE_TRIAL = "source_trial"  # final stage: the study's trial those parameters came from
+LOOP_SECONDS = "loop_s"  # seconds of the run's epoch loop: the rest of the trial is overhead
 
 #: Tries to open a storage; the first ones can lose a race to create its tables.
 STORAGE_ATTEMPTS = 10
@@ -230,6 +231,14 @@ def count(trials: Sequence[FrozenTrial]) -> Counts:
                   running=states.count(TrialState.RUNNING),
                   waiting=states.count(TrialState.WAITING),
                   best=max(values, default=None))
+
+
+def overhead_seconds(trials: Sequence[FrozenTrial]) -> list[float]:
+    """Per completed trial: its wall time (ask to tell) minus its run's epoch loop, i.e. what
+    the sweep spends on Optuna, MLflow, loading the teacher and data, and building models."""
+    return [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs[LOOP_SECONDS]
+            for t in trials if t.state == TrialState.COMPLETE and LOOP_SECONDS in t.user_attrs
+            and t.datetime_start is not None and t.datetime_complete is not None]
 
 
 def is_failure(trial: FrozenTrial) -> bool:

@@ -33,6 +33,7 @@ from .schema import (
     ScenarioEntry,
     SearchRange,
     SuiteFile,
+    bundled_suites,
 )
 from .space import Space, build_space
 
@@ -45,6 +46,8 @@ SWEEP_KEYS = {
 }
 #: Keys that must be one value for the whole suite (one results folder, one MLflow store).
 SUITE_WIDE_KEYS = ("results_dir", "tracking_uri")
+#: Top-level suite keys with this prefix are ignored: places for YAML anchors.
+EXTENSION_PREFIX = "x-"
 #: Entry fields that an entry's overrides must not repeat.
 ENTRY_KEYS = ("scenario", "task", "student", "teacher")
 
@@ -91,13 +94,6 @@ class Suite:
         return self.budget.max_failures or self.budget.trials
 
 
-def bundled_suites() -> list[str]:
-    """Names of the suites shipped in ``sweeps/suites`` (package data)."""
-    folder = resources.files("otbench.sweeps") / "suites"
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
-                  if p.name.endswith(".yaml"))
-
-
 def suite_source(ref: str) -> tuple[str, dict[str, Any]]:
     """``ref`` is a YAML path or a bundled suite's name; returns (display name, mapping)."""
     if Path(ref).is_file():
@@ -116,6 +112,8 @@ def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
     """Read, expand and validate a suite. ``settings`` (from the command line: results_dir,
     tracking_uri, device) override the suite's ``defaults``."""
     where, data = suite_source(ref)
+    # Top-level ``x-…`` keys hold YAML anchors that entries merge in (``<<: *name``).
+    data = {k: v for k, v in data.items() if not str(k).startswith(EXTENSION_PREFIX)}
     raw = validate_model(SuiteFile, data, f"suite {where!r}")
     _check_keys(raw.defaults, "defaults", SWEEP_KEYS)
     validate_model(RunConfig, raw.defaults, f"suite {where!r} defaults")
@@ -133,15 +131,15 @@ def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
                  raw.heartbeat, first.results_dir, first.tracking_uri, raw.threads)
 
 
-def _search_overrides(search: Mapping[str, Mapping[str, Any]]
+def _search_overrides(search: Mapping[str, Mapping[str, Any]], where: str = "search"
                       ) -> dict[str, dict[str, SearchRange]]:
     """``search:`` validated: known methods, well-formed ranges (parameters are checked
     against each method when its space is built)."""
     out: dict[str, dict[str, SearchRange]] = {}
     for method, params in search.items():
         if method not in method_names():
-            raise unknown_name("method (in search:)", method, method_names())
-        out[method] = {name: validate_model(SearchRange, rng or {}, f"search.{method}.{name}")
+            raise unknown_name(f"method (in {where}:)", method, method_names())
+        out[method] = {name: validate_model(SearchRange, rng or {}, f"{where}.{method}.{name}")
                        for name, rng in params.items()}
         build_space(get_method(method), out[method])  # unknown parameters, bad ranges
     return out
@@ -161,8 +159,14 @@ def _entry_studies(raw: SuiteFile, index: int, entry: ScenarioEntry,
     if entry.student is not None:
         base["student"] = entry.student
     base = deep_merge(base, entry.overrides)
+    entry_search = _search_overrides(entry.search, f"{where}.search")
+    methods = _entry_methods(entry, where)
+    if unused := sorted(entry_search.keys() - set(methods)):
+        raise ConfigError(f"{where}.search.{unused[0]}: method {unused[0]!r} is not run in "
+                          f"this entry (its methods: {', '.join(methods)}); add it to the "
+                          "entry's methods or remove this search entry")
     studies = []
-    for method in _entry_methods(entry, where):
+    for method in methods:
         name = f"{raw.name}/{entry.id}/{entry.task}/{method}"
         config = deep_merge(base, {"method": method, "experiment": experiment,
                                    "tags": {"suite": raw.name, "scenario_id": entry.id,
@@ -171,7 +175,8 @@ def _entry_studies(raw: SuiteFile, index: int, entry: ScenarioEntry,
             plan = plan_run(validate_model(RunConfig, config, "run config"))
         except ConfigError as err:
             raise ConfigError(f"{where}, method {method!r}: {err}") from None
-        space = build_space(plan.method, search.get(method, {}))
+        space = build_space(plan.method, {**search.get(method, {}),
+                                          **entry_search.get(method, {})})
         # Nothing to search means one run says all a budget of trials would.
         studies.append(StudySpec(name, entry.id, method, config, space,
                                  raw.budget.trials if space else 1, plan))

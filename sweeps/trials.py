@@ -12,9 +12,10 @@ import optuna
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial
 
+from otbench.benchmark.runner import RunResult
 from otbench.benchmark.tracking import client_for
 
-from .studies import FAIL_REASON, RUN_ID, SKIPPED
+from .studies import FAIL_REASON, LOOP_SECONDS, RUN_ID, SKIPPED
 from .suite import StudySpec, Suite
 
 
@@ -87,6 +88,11 @@ def finished_run_metric(worker: Worker, trial: optuna.Trial, metric: str) -> flo
     if run.info.status != "FINISHED":
         return None
     return run.data.metrics.get(metric)
+
+
+def record_loop_time(trial: optuna.Trial, result: RunResult) -> None:
+    """Keep the run's epoch-loop seconds, from which the sweep's overhead per trial is read."""
+    trial.set_user_attr(LOOP_SECONDS, result.loop_seconds)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -27,12 +28,14 @@ from otbench.methods import get_method
 from otbench.sweeps import final, search
 from otbench.sweeps.space import build_space
 from otbench.sweeps.studies import (
+    LOOP_SECONDS,
     SEED,
     SKIPPED,
     TrialSeededTPE,
     default_storage_url,
     make_storage,
     open_study,
+    overhead_seconds,
 )
 from otbench.sweeps.suite import bundled_suites, load_suite
 from otbench.sweeps.trials import State, StudyWork, Worker
@@ -111,6 +114,21 @@ def assert_one_final_run_per_seed(results: Path, study: str, seeds: int) -> None
     assert all("test/acc" in r.data.metrics for r in done)
 
 
+def assert_overhead_measured(results: Path, out: str) -> None:
+    """Every completed run knows its epoch-loop time, which is inside its trial's wall time;
+    the summary states the per-run overhead, within issue #6's budget of a second."""
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    done = [t for name in optuna.get_all_study_names(storage)
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials()
+            if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 + 1 + 2 * 2  # ot and finetune trials, 2 final seeds each
+    overheads = overhead_seconds(done)
+    assert len(overheads) == len(done) and all(seconds > 0 for seconds in overheads)
+    assert all(t.user_attrs[LOOP_SECONDS] > 0 for t in done)
+    assert f"median {statistics.median(overheads):.2f} s" in out
+    assert statistics.median(overheads) < 1.0
+
+
 # --- validation: exit code 2, nothing written ---------------------------------------------
 
 @pytest.mark.parametrize(("changes", "expected"), [
@@ -132,6 +150,10 @@ def assert_one_final_run_per_seed(results: Path, study: str, seeds: int) -> None
     ({"defaults": {"method": "ot"}}, "defaults.method: not allowed here"),
     ({"scenarios": [{**TINY["scenarios"][0], "overrides": {"results_dir": "x"}}]},
      "overrides.results_dir: not allowed here"),
+    ({"scenarios": [{**TINY["scenarios"][0], "search": {"kd": {"alpha": {"low": 0.1}}}}]},
+     "scenarios[0] (id 'cross').search.kd: method 'kd' is not run in this entry"),
+    ({"scenarios": [{**TINY["scenarios"][0], "search": {"ot": {"plan_evry": {}}}}]},
+     "Did you mean 'plan_every'"),
 ])
 def test_bad_suites_exit_2_and_write_nothing(tmp_path, capsys, changes, expected) -> None:
     results = tmp_path / "results"
@@ -223,7 +245,21 @@ def test_a_seed_queued_twice_runs_once(tmp_path) -> None:
 
 # --- dry runs ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("suite", ["quick", "zoo", "cifar100-distill", "imagenet-transfer"])
+def test_entry_search_overrides_the_suite_search_for_that_entry_only(tmp_path) -> None:
+    other = {**TINY["scenarios"][0], "id": "cross-k4",
+             "search": {"ot": {"plan_every": {"choices": [4]}}}}
+    suite = write_suite(tmp_path, scenarios=[TINY["scenarios"][0], other],
+                        search={"ot": {"weight": {"low": 0.01, "high": 1.0}}},
+                        **{"x-unused-anchor": {"any": "thing"}})
+    spaces = {s.entry: {hp.name: hp for hp in s.space}
+              for s in load_suite(str(suite)).studies if s.method == "ot"}
+    assert "plan_every" not in spaces["cross"]
+    assert spaces["cross-k4"]["plan_every"].choices == (4,)
+    assert (spaces["cross-k4"]["weight"].low, spaces["cross-k4"]["weight"].high) == (0.01, 1.0)
+
+
+@pytest.mark.parametrize("suite", ["quick", "zoo", "cifar100-distill", "imagenet-transfer",
+                                   "plan-reuse"])
 def test_bundled_suites_dry_run_without_data_or_files(tmp_path, capsys, suite) -> None:
     assert suite in bundled_suites()
     results = tmp_path / "results"
@@ -258,8 +294,10 @@ def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
     suite, results = write_suite(tmp_path), tmp_path / "results"
     argv = ["sweep", str(suite), "--results-dir", str(results), "--quiet"]
     assert cli.main(argv) == 0
-    assert "test acc" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test acc" in out
     assert finished(results, OT) == 3 and finished(results, FINETUNE) == 1  # nothing to search
+    assert_overhead_measured(results, out)
     runs = mlflow_runs(results)
     for study, count in ((OT, 3), (FINETUNE, 1)):
         parents = by_stage(runs, "study", study)
