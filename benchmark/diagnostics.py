@@ -9,6 +9,7 @@ mode without gradient and draws no random numbers, so training is unchanged by i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import Tensor, nn
 from otbench.methods import LayerPair
 from otbench.methods.ot import OTSettings, neuron_costs, transport_plan
 from otbench.methods.similarity import (
+    centered_gram,
+    cka_of_grams,
     column_entropy,
     linear_cka,
     matching_stability,
@@ -29,6 +32,8 @@ from otbench.methods.similarity import (
 from .data import Split, TaskData, make_normalizer
 from .models import FeatureTaps
 
+#: Seconds each epoch's diagnostics took, logged beside them (their cost, measured per run).
+TIME_METRIC = "time/diagnostics"
 #: The probe batch depends on this seed only, so every run of a task sees the same examples.
 PROBE_SEED = 1234
 
@@ -53,14 +58,31 @@ def probe_batch(split: Split, task: TaskData, size: int) -> Tensor:
     return make_normalizer(task)(split.x[index])
 
 
-def layer_snapshot(teacher: Tensor, student: Tensor,
-                   settings: OTSettings | None = None) -> LayerSnapshot:
-    """All diagnostics of one layer pair, from the same code ``ot_distance`` uses."""
+@dataclass(frozen=True)
+class TeacherProbe:
+    """A teacher's features on the probe batch and their centred Gram matrices (for CKA):
+    a frozen teacher's never change, so a run computes them once, not every epoch."""
+
+    features: dict[str, Tensor]
+    grams: dict[str, Tensor]
+
+    @classmethod
+    def of(cls, teacher: nn.Module, layers: Sequence[str], probe: Tensor) -> TeacherProbe:
+        features = tapped_features(teacher, layers, probe)
+        return cls(features, {name: centered_gram(f) for name, f in features.items()})
+
+
+def layer_snapshot(teacher: Tensor, student: Tensor, settings: OTSettings | None = None,
+                   teacher_gram: Tensor | None = None) -> LayerSnapshot:
+    """All diagnostics of one layer pair, from the same code ``ot_distance`` and
+    ``linear_cka`` use (``teacher_gram``: the teacher's centred Gram matrix, if known)."""
     settings = settings or OTSettings()
     cost = neuron_costs(teacher, student, settings)
     plan = transport_plan(cost, settings)
     square = cost.shape[0] == cost.shape[1]
-    return LayerSnapshot(ot=float((plan * cost).sum()), cka=float(linear_cka(teacher, student)),
+    cka = (linear_cka(teacher, student) if teacher_gram is None
+           else cka_of_grams(teacher_gram, centered_gram(student)))
+    return LayerSnapshot(ot=float((plan * cost).sum()), cka=float(cka),
                          identity=float(cost.diagonal().mean()) if square else None,
                          entropy=float(column_entropy(plan)), matching=plan_matching(plan).cpu(),
                          plan=plan.float().cpu())
@@ -78,13 +100,15 @@ def tapped_features(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict[
     return features
 
 
-def compare(teacher: nn.Module, student: nn.Module, pairs: Sequence[LayerPair],
-            probe: Tensor) -> dict[str, LayerSnapshot]:
+def compare(teacher: nn.Module | TeacherProbe, student: nn.Module,
+            pairs: Sequence[LayerPair], probe: Tensor) -> dict[str, LayerSnapshot]:
     """Snapshots of every pair, keyed by the student layer: the one code path of diagnostics
     during training and of ``otbench analyze``."""
-    t_features = tapped_features(teacher, [p.teacher for p in pairs], probe)
+    if not isinstance(teacher, TeacherProbe):
+        teacher = TeacherProbe.of(teacher, [p.teacher for p in pairs], probe)
     s_features = tapped_features(student, [p.student for p in pairs], probe)
-    return {p.key: layer_snapshot(t_features[p.teacher], s_features[p.student]) for p in pairs}
+    return {p.key: layer_snapshot(teacher.features[p.teacher], s_features[p.student],
+                                  teacher_gram=teacher.grams[p.teacher]) for p in pairs}
 
 
 def snapshot_metrics(snapshots: dict[str, LayerSnapshot]) -> dict[str, float]:
@@ -104,13 +128,16 @@ class DiagnosticsRecorder:
 
     def __init__(self, teacher: nn.Module, student: nn.Module, pairs: Sequence[LayerPair],
                  probe: Tensor) -> None:
-        self.teacher, self.student, self.pairs, self.probe = teacher, student, pairs, probe
+        self.student, self.pairs, self.probe = student, pairs, probe
+        self.teacher = TeacherProbe.of(teacher, [p.teacher for p in pairs], probe)
         self.epochs: list[int] = []
         self.matchings: dict[str, list[Tensor]] = {p.key: [] for p in pairs}
         self.first_plans: dict[str, Tensor] = {}
         self.last_plans: dict[str, Tensor] = {}
 
     def record(self, epoch: int) -> dict[str, float]:
+        """This epoch's ``diag/…`` metrics, and ``time/diagnostics``: the seconds they took."""
+        start = time.perf_counter()
         snapshots = compare(self.teacher, self.student, self.pairs, self.probe)
         metrics = snapshot_metrics(snapshots)
         for layer, snap in snapshots.items():
@@ -122,6 +149,7 @@ class DiagnosticsRecorder:
             self.first_plans.setdefault(layer, snap.plan)
             self.last_plans[layer] = snap.plan
         self.epochs.append(epoch)
+        metrics[TIME_METRIC] = time.perf_counter() - start
         return metrics
 
     def save(self, path: Path) -> Path:

@@ -13,6 +13,8 @@ and :class:`OTTransfer` can keep a plan for ``plan_every`` training steps (see i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -201,6 +203,19 @@ def transport_plan(cost: Tensor, settings: OTSettings) -> Tensor:
     return torch.from_numpy(plan).to(device=cost.device, dtype=cost.dtype)
 
 
+def solve_plans(costs: Mapping[str, Tensor], settings: OTSettings) -> dict[str, Tensor]:
+    """The plans of all layer pairs of a step, solved side by side on up to torch's number of
+    CPU threads: POT's network simplex and scipy's assignment release the GIL, so a step
+    waits for its slowest layer instead of the sum of all of them."""
+    threads = min(len(costs), torch.get_num_threads())
+    if threads < 2:
+        return {key: transport_plan(cost, settings) for key, cost in costs.items()}
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ot-solve") as pool:
+        futures = {key: pool.submit(transport_plan, cost, settings)
+                   for key, cost in costs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
 def transport_cost(cost: Tensor, settings: OTSettings) -> Tensor:
     """``<P*, C>``: the plan is a constant, so the gradient is the envelope theorem's."""
     return (transport_plan(cost, settings) * cost).sum()
@@ -296,11 +311,8 @@ class OTTransfer(TransferMethod):
     def _current_plans(self, costs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Fresh plans in eval mode and on every ``plan_every``-th training step, else cached."""
         if not self.training:
-            return self._solve(costs)
+            return solve_plans(costs, self.settings)
         if self._steps % self.plan_every == 0:
-            self._plans = self._solve(costs)
+            self._plans = solve_plans(costs, self.settings)
         self._steps += 1
         return self._plans
-
-    def _solve(self, costs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {key: transport_plan(cost, self.settings) for key, cost in costs.items()}

@@ -28,6 +28,20 @@ def _center(gram: Tensor) -> Tensor:
     return gram - gram.mean(0, keepdim=True) - gram.mean(1, keepdim=True) + gram.mean()
 
 
+def centered_gram(features: Tensor) -> Tensor:
+    """``K_c``: the example-by-example Gram matrix of centered ``(B, ...)`` features. A fixed
+    side (a frozen teacher on a fixed probe) computes it once for many CKA values."""
+    return _center(_gram(features))
+
+
+def cka_of_grams(k: Tensor, l_: Tensor) -> Tensor:
+    """Linear CKA from two centered Gram matrices over the same examples."""
+    if k.shape != l_.shape:
+        raise ConfigError(f"CKA needs the same examples on both sides, got batches of "
+                          f"{k.shape[0]} and {l_.shape[0]}")
+    return (k * l_).sum() / ((k * k).sum().sqrt() * (l_ * l_).sum().sqrt()).clamp_min(1e-12)
+
+
 def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     """Linear CKA between ``(B, ...)`` feature batches, in [0, 1]; widths may differ.
 
@@ -37,8 +51,7 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"CKA needs the same examples on both sides, got batches of "
                           f"{x.shape[0]} and {y.shape[0]}")
-    k, l_ = _center(_gram(x)), _center(_gram(y))
-    return (k * l_).sum() / ((k * k).sum().sqrt() * (l_ * l_).sum().sqrt()).clamp_min(1e-12)
+    return cka_of_grams(centered_gram(x), centered_gram(y))
 
 
 def unbiased_hsic(k: Tensor, l_: Tensor) -> Tensor:

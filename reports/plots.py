@@ -36,7 +36,7 @@ STYLE: dict[str, Any] = {
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.3, "grid.linewidth": 0.5, "legend.frameon": False,
     "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType: text stays text in the PDF
-    "savefig.dpi": 200, "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+    "savefig.dpi": 200, "savefig.pad_inches": 0.02,
 }
 
 #: Fixed colors of known methods (the paper's in red, the plain baseline gray).

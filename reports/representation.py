@@ -225,26 +225,40 @@ def plan_order(plan_last: np.ndarray) -> np.ndarray:
     return np.argsort(plan_last.argmax(axis=0), kind="stable")
 
 
+def mass_shares(plan: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The plan's columns in ``order``, each as shares of its student neuron's mass."""
+    return plan[:, order] / np.maximum(plan.sum(axis=0)[order], 1e-30)
+
+
 @styled
 def plan_heatmaps(plans: dict[str, tuple[np.ndarray, np.ndarray]], epochs: tuple[int, int],
                   heading: str) -> Figure:
     """Per layer (rows), the transport plan at the first and last recorded epoch (columns):
     teacher neurons by index down, student neurons across, ordered by the final matching, so
-    a settled matching shows as a staircase."""
-    fig, axes = _panels(len(plans), 2, height=HEIGHT * 0.9, width=TEXT_WIDTH)
-    for row, (layer, (first, last)) in enumerate(plans.items()):
+    a settled matching shows as a staircase. Each column shows the shares of that student
+    neuron's mass, so that every panel reads on the one color scale."""
+    shares = {}
+    for layer, (first, last) in plans.items():
         order = plan_order(last)
-        for col, (plan, epoch) in enumerate(((first, epochs[0]), (last, epochs[1]))):
+        shares[layer] = (mass_shares(first, order), mass_shares(last, order))
+    top = max((float(s.max()) for pair in shares.values() for s in pair), default=1.0)
+    fig, axes = _panels(len(plans), 2, height=HEIGHT * 0.8, width=TEXT_WIDTH)
+    image = None
+    for row, (layer, pair) in enumerate(shares.items()):
+        for col, (share, epoch) in enumerate(zip(pair, epochs, strict=True)):
             ax = axes[row, col]
-            image = ax.imshow(plan[:, order], aspect="auto", interpolation="nearest",
-                              cmap="viridis")
+            image = ax.imshow(share, aspect="auto", interpolation="nearest", cmap="viridis",
+                              vmin=0.0, vmax=top)
             ax.grid(False)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
             ax.set_title(f"{layer}, epoch {epoch}")
-            ax.set_xlabel("Student neuron (sorted by final match)")
-            ax.set_ylabel("Teacher neuron")
-            fig.colorbar(image, ax=ax, label="Transport mass")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Teacher neuron")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("Student neuron (sorted by final match)")
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="Share of the student neuron's mass", shrink=0.6)
     fig.suptitle(heading, fontsize=8)
     return fig
 

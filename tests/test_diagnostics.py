@@ -10,11 +10,12 @@ import torch
 from mlflow import MlflowClient
 
 from otbench.benchmark.config import resolve_run_config
-from otbench.benchmark.diagnostics import layer_snapshot
+from otbench.benchmark.diagnostics import TeacherProbe, compare, layer_snapshot
+from otbench.benchmark.models import build_model, default_layer_pairs, get_model_spec
 from otbench.benchmark.runner import execute_run
 from otbench.benchmark.tracking import default_tracking_uri
-from otbench.methods import ot_distance
-from otbench.methods.similarity import linear_cka
+from otbench.methods import LayerPair, ot_distance
+from otbench.methods.similarity import centered_gram, linear_cka
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EPOCHS = 3
@@ -34,6 +35,24 @@ def test_the_snapshot_equals_the_functions_on_the_same_tensors() -> None:
     assert snap.ot == pytest.approx(ot_distance(t, s).item(), rel=1e-6)
     assert snap.cka == pytest.approx(linear_cka(t, s).item(), rel=1e-6)
     assert snap.identity is None and snap.matching.shape == (5,)
+    cached = layer_snapshot(t, s, teacher_gram=centered_gram(t))  # a run's cached teacher side
+    assert cached.cka == pytest.approx(snap.cka, rel=1e-6) and cached.ot == snap.ot
+
+
+def test_a_cached_teacher_probe_gives_the_same_snapshots_as_the_teacher_itself() -> None:
+    torch.manual_seed(0)
+    teacher, student = build_model("cnn-l", 10, 1).eval(), build_model("cnn-s", 10, 1)
+    names = default_layer_pairs(get_model_spec("cnn-l"), get_model_spec("cnn-s"))
+    pairs = [LayerPair(t, s, (), ()) for t, s in names]  # shapes unused by the diagnostics
+    probe = torch.randn(20, 1, 8, 8)
+    direct = compare(teacher, student, pairs, probe)
+    cached = compare(TeacherProbe.of(teacher, [t for t, _ in names], probe), student, pairs,
+                     probe)
+    assert direct.keys() == cached.keys()
+    for key, snap in direct.items():
+        assert (snap.ot, snap.cka, snap.entropy) == pytest.approx(
+            (cached[key].ot, cached[key].cka, cached[key].entropy), rel=1e-6)
+        assert torch.equal(snap.matching, cached[key].matching)
 
 
 @pytest.mark.parametrize("method", ["finetune", "fitnets"])
@@ -47,6 +66,9 @@ def test_every_epoch_logs_diagnostics_and_the_matchings_artifact(tmp_path, metho
         history = client.get_metric_history(result.run_id, f"diag/{quantity}/stage3")
         first = 1 if quantity == "stability" else 0  # stability compares with the epoch before
         assert sorted(m.step for m in history) == list(range(first, EPOCHS + 1)), quantity
+    seconds = client.get_metric_history(result.run_id, "time/diagnostics")
+    assert sorted(m.step for m in seconds) == list(range(EPOCHS + 1))
+    assert all(0 < m.value < 60 for m in seconds)
     folder = client.download_artifacts(result.run_id, "diagnostics.npz", str(tmp_path))
     arrays = np.load(folder)
     assert arrays["epochs"].tolist() == list(range(EPOCHS + 1))
@@ -65,4 +87,5 @@ def test_diagnostics_do_not_change_training(tmp_path) -> None:
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
-    assert "diag/ot/stage1" not in client.get_run(off.run_id).data.metrics
+    off_metrics = client.get_run(off.run_id).data.metrics
+    assert "diag/ot/stage1" not in off_metrics and "time/diagnostics" not in off_metrics

@@ -55,6 +55,31 @@ def test_fast_paths_equal_pot_emd2(n_t: int, n_s: int, solvers: tuple[str, ...],
             assert value.item() == pytest.approx(expected, rel=rel), (solver, seed)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plans_of_a_step_solved_side_by_side_equal_pot_emd2(threads: int) -> None:
+    """One step's layer pairs (equal and unequal widths) solved on threads, as OT does."""
+    shapes = {"a": (64, 64), "b": (96, 40), "c": (128, 128), "d": (30, 70)}
+    pairs = {key: (neurons(n_t, 32, 2 * i), neurons(n_s, 32, 2 * i + 1))
+             for i, (key, (n_t, n_s)) in enumerate(shapes.items())}
+    settings = OTSettings()
+    costs = {key: neuron_costs(t, s, settings) for key, (t, s) in pairs.items()}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        plans = ot_module.solve_plans(costs, settings)
+    finally:
+        torch.set_num_threads(previous)
+    assert list(plans) == list(costs)
+    for key, (teacher, student) in pairs.items():
+        value = (plans[key] * costs[key]).sum().item()
+        assert value == pytest.approx(emd2(teacher, student), rel=1e-10), key
+        n_t, n_s = shapes[key]
+        torch.testing.assert_close(plans[key].sum(1), torch.full((n_t,), 1 / n_t,
+                                                                  dtype=torch.float64))
+        torch.testing.assert_close(plans[key].sum(0), torch.full((n_s,), 1 / n_s,
+                                                                  dtype=torch.float64))
+
+
 def test_solver_cost_keeps_the_optimal_plans_and_is_nonnegative() -> None:
     cost = cdist(np.random.default_rng(0).normal(size=(30, 5)),
                  np.random.default_rng(1).normal(size=(20, 5)), "sqeuclidean")
