@@ -9,7 +9,11 @@ and fonts are set for a paper column (~3.3 in) so a figure reads at print size.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+import pickle
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
@@ -20,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
 
 from .options import ReportOptions, split_task
 from .tables import METRIC_NAMES, Column, ResultTable
@@ -80,11 +84,75 @@ def save_figure(fig: Figure, folder: Path, stem: str) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf``; the PDF has no creation date, so re-running a
     report on the same runs gives the same file."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{stem}.png", folder / f"{stem}.pdf"]
+    paths = figure_paths(folder, stem)
     with paper_style():
         fig.savefig(paths[0])
+        # The PNG's draw laid the figure out; the PDF (same size and fonts) reuses that.
+        fig.set_layout_engine("none")
         fig.savefig(paths[1], metadata={"CreationDate": None})
     return paths
+
+
+def default_figure_workers() -> int:
+    """Processes the command line draws a report's figures on: the cores, at most 4."""
+    return min(os.cpu_count() or 1, 4)
+
+
+class FigureWriter:
+    """Writes a report's figures as PNG and PDF, optionally on several processes.
+
+    Drawing is most of a report's time and every figure is independent, so :meth:`add`
+    queues a figure and returns its paths at once, and :meth:`close` (or leaving the
+    ``with`` block) writes them all, spread over ``workers`` spawned processes (figures are
+    pickled; one that cannot be is drawn here). The default, one worker, draws everything in
+    this process: spawned workers re-import a script's main module, which is only safe
+    behind ``if __name__ == "__main__"`` (as in the ``otbench`` command).
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"figure workers must be at least 1, got {workers}")
+        self.workers = workers
+        self.queue: list[tuple[Figure, Path, str]] = []
+
+    def add(self, fig: Figure, folder: Path, stem: str) -> list[Path]:
+        self.queue.append((fig, folder, stem))
+        return figure_paths(folder, stem)
+
+    def close(self) -> None:
+        queue, self.queue = self.queue, []
+        if self.workers < 2 or len(queue) < 2:
+            for fig, folder, stem in queue:
+                save_figure(fig, folder, stem)
+            return
+        context = multiprocessing.get_context("spawn")  # no forked threads or DB handles
+        with ProcessPoolExecutor(min(self.workers, len(queue)), mp_context=context) as pool:
+            jobs = []
+            for fig, folder, stem in queue:
+                try:
+                    payload = pickle.dumps(fig)
+                except (pickle.PicklingError, TypeError, AttributeError):
+                    save_figure(fig, folder, stem)
+                    continue
+                jobs.append(pool.submit(save_pickled_figure, payload, folder, stem))
+            for job in jobs:
+                job.result()  # a worker's exception is raised here
+
+    def __enter__(self) -> FigureWriter:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.close()
+
+
+def save_pickled_figure(payload: bytes, folder: Path, stem: str) -> list[Path]:
+    """A :class:`FigureWriter` worker's job."""
+    return save_figure(pickle.loads(payload), folder, stem)
+
+
+def figure_paths(folder: Path, stem: str) -> list[Path]:
+    return [folder / f"{stem}.png", folder / f"{stem}.pdf"]
 
 
 def new_figure(width: float = COLUMN_WIDTH, height: float = HEIGHT) -> tuple[Figure, Axes]:
@@ -272,7 +340,7 @@ def _weight_axis(ax: Axes, x: np.ndarray) -> None:
         middle = np.sqrt(low * high)
         ax.set_xlim(middle / np.sqrt(10) / 1.2, middle * np.sqrt(10) * 1.2)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 

@@ -50,13 +50,15 @@ RESULT_METRICS = ("test/acc", "val/acc_final", "time/epoch_mean", "time/regulari
 
 def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
                  storage: str | None = None, formats: Iterable[str] | str = FORMATS,
-                 options: ReportOptions | Mapping[str, Any] | None = None) -> Path:
+                 options: ReportOptions | Mapping[str, Any] | None = None,
+                 figure_workers: int = 1) -> Path:
     """Write the report of one experiment into ``out_dir`` and return ``report.html``'s path.
 
     ``storage`` is the Optuna storage URL for history and importance plots; by default the
     ``optuna.db`` beside a SQLite tracking store, when there is one. ``formats`` picks the
     table files (``report.html`` is always written); figures of an earlier report in
-    ``out_dir/figures`` are replaced, so none is left stale.
+    ``out_dir/figures`` are replaced, so none is left stale. ``figure_workers > 1`` draws
+    the figures on that many spawned processes (see :class:`~.plots.FigureWriter`).
 
     Raises :class:`NoFinalRunsError` when the experiment has no finished final run, and
     :class:`UnknownExperimentError` (listing the existing ones) for a wrong name.
@@ -81,11 +83,12 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
     write_tables(table, runs, out, wanted)
     figures_dir = out / "figures"
     _clear_figures(figures_dir)
-    figures, notes = result_figures(runs, histories, table, figures_dir)
     storage = storage or studies.default_storage(tracking_uri)
-    study_figures, study_notes = study_figures_for(runs, storage, figures_dir)
-    diag_figures, diag_notes, diag_texts = representation_section(client, final, table, out,
-                                                                  "csv" in wanted)
+    with plots.FigureWriter(figure_workers) as writer:  # the PNGs exist once the block ends
+        figures, notes = result_figures(runs, histories, table, figures_dir, writer)
+        study_figures, study_notes = study_figures_for(runs, storage, figures_dir, writer)
+        diag_figures, diag_notes, diag_texts = representation_section(
+            client, final, table, out, writer, "csv" in wanted)
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
@@ -153,7 +156,8 @@ def _clear_figures(folder: Path) -> None:
 
 
 def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
-                   folder: Path) -> tuple[list[FigureEntry], list[str]]:
+                   folder: Path, writer: plots.FigureWriter
+                   ) -> tuple[list[FigureEntry], list[str]]:
     """Bars per scenario, curves per cell column, accuracy vs. samples per task family, OT's
     sensitivity to its weight; notes say what could not be drawn."""
     opts = table.options
@@ -161,7 +165,7 @@ def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTab
     entries: list[FigureEntry] = []
 
     def save(section: str, caption: str, fig: Any, name: str) -> None:
-        png, pdf = plots.save_figure(fig, folder, name)
+        png, pdf = writer.add(fig, folder, name)
         entries.append(FigureEntry(section, caption, png, pdf))
 
     for scenario, _ in table.scenarios:
@@ -196,8 +200,8 @@ DIAG_CSV = "diagnostics.csv"
 
 
 def representation_section(client: Any, final: pd.DataFrame, table: ResultTable, out: Path,
-                           csv: bool = True) -> tuple[list[FigureEntry], list[str],
-                                                      dict[str, list[str]]]:
+                           writer: plots.FigureWriter, csv: bool = True
+                           ) -> tuple[list[FigureEntry], list[str], dict[str, list[str]]]:
     """Distance and CKA curves, stability curves, accuracy vs. final distance, the transport
     plans of one OT run per column, and a paragraph computed from them (issue #9). Runs
     without diagnostics (``diagnostics: false``) give a note instead."""
@@ -211,7 +215,7 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
     notes: list[str] = []
 
     def save(caption: str, fig: Any, name: str) -> None:
-        png, pdf = plots.save_figure(fig, folder, name)
+        png, pdf = writer.add(fig, folder, name)
         entries.append(FigureEntry(DIAG_SECTION, caption, png, pdf))
 
     layers = representation.logged_layers(final)
@@ -223,16 +227,14 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
             notes.append(f"{plots.title(table, column)}: no diagnostics logged; no "
                          "representation figures.")
             continue
-        name = plots.title(table, column)
-        save(f"{name}: OT distance to the teacher and linear CKA per epoch (epoch 0: before "
-             "training), mean ± std over seeds, one panel per layer",
-             representation.diagnostic_curves(runs, histories, table, column, ("ot", "cka"),
-                                              here), f"diag_distance_{stem(column)}")
-        save(f"{name}: fraction of student neurons whose matched teacher neuron changed since "
-             "the previous epoch, mean ± std over seeds",
-             representation.diagnostic_curves(runs, histories, table, column, ("stability",),
-                                              here), f"diag_stability_{stem(column)}")
-        notes += _plan_figure(client, runs, table, column, save)
+        save(f"{plots.title(table, column)}: OT distance to the teacher, linear CKA (epoch 0: "
+             "before training) and the fraction of student neurons whose matched teacher "
+             "neuron changed since the previous epoch, mean ± std over seeds, one column of "
+             "panels per layer",
+             representation.diagnostic_curves(runs, histories, table, column,
+                                              ("ot", "cka", "stability"), here),
+             f"diag_curves_{stem(column)}")
+    notes += _plan_figure(client, final, table, save)
     points = representation.final_distances(final, opts.metric)
     save(f"{plots._metric_label(opts)} vs. final OT distance to the teacher at each run's "
          "deepest diagnosed layer, one point per final run",
@@ -244,32 +246,39 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
     return entries, notes, {DIAG_SECTION: [" ".join(sentences)]} if sentences else {}
 
 
-def _plan_figure(client: Any, runs: pd.DataFrame, table: ResultTable, column: Column,
-                 save: Any) -> list[str]:
-    """Heat maps of the first-seed OT run of a column; a note when there is none to draw."""
-    name = plots.title(table, column)
-    ot_runs = runs[runs.method == "ot"].sort_values("seed")
-    if ot_runs.empty:
-        return [f"{name}: no final OT run; no transport-plan heat map."]
-    run = ot_runs.iloc[0]
-    try:
-        plans, epochs = representation.load_plans(client, run.run_id)
-    except (OSError, KeyError, ValueError, MlflowException) as err:
-        return [f"{name}: no transport-plan heat map (run {run.run_id}: cannot read "
-                f"{representation.ARTIFACT}: {type(err).__name__})."]
-    if not plans:
-        return [f"{name}: {representation.ARTIFACT} of run {run.run_id} holds no plans; no "
-                "heat map."]
-    seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
-    save(f"{name}: transport plans of the {table.options.method_label('ot')} run{seed} at "
-         f"epochs {epochs[0]} and {epochs[1]}; student neurons ordered by their final matched "
-         "teacher neuron", representation.plan_heatmaps(plans, epochs, f"{name}{seed}"),
-         f"diag_plan_{stem(column)}")
-    return []
+def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, save: Any) -> list[str]:
+    """Heat maps of one OT run (issue #9): the first seed's, in the first column whose plans
+    can be read; a note for each column tried before, or when there is none to draw."""
+    notes = []
+    for column in table.columns:
+        name = plots.title(table, column)
+        runs = final[plots.in_column(final, column)]
+        ot_runs = runs[runs.method == "ot"].sort_values("seed")
+        if ot_runs.empty:
+            continue
+        run = ot_runs.iloc[0]
+        try:
+            plans, epochs = representation.load_plans(client, run.run_id)
+        except (OSError, KeyError, ValueError, MlflowException) as err:
+            notes.append(f"{name}: no transport-plan heat map (run {run.run_id}: cannot read "
+                         f"{representation.ARTIFACT}: {type(err).__name__}).")
+            continue
+        if not plans:
+            notes.append(f"{name}: {representation.ARTIFACT} of run {run.run_id} holds no "
+                         "plans; no heat map.")
+            continue
+        seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
+        save(f"{name}: transport plans of the {table.options.method_label('ot')} run{seed} at "
+             f"epochs {epochs[0]} and {epochs[1]}; student neurons ordered by their final "
+             "matched teacher neuron", representation.plan_heatmaps(plans, epochs,
+                                                                   f"{name}{seed}"),
+             f"diag_plan_{stem(column)}")
+        return notes
+    return notes or ["No final OT run: no transport-plan heat map."]
 
 
-def study_figures_for(runs: pd.DataFrame, storage: str | None,
-                      folder: Path) -> tuple[list[FigureEntry], list[str]]:
+def study_figures_for(runs: pd.DataFrame, storage: str | None, folder: Path,
+                      writer: plots.FigureWriter) -> tuple[list[FigureEntry], list[str]]:
     """History and importances of every study the runs name, from the Optuna storage."""
     names = sorted(runs.study.dropna().astype(str).unique())
     if not names:
@@ -282,14 +291,14 @@ def study_figures_for(runs: pd.DataFrame, storage: str | None,
     entries = []
     for name, study in found.items():
         method = str(methods.get(name, ""))
-        history = plots.save_figure(studies.history_figure(study, method), folder,
-                                    f"history_{slug(name)}")
+        history = writer.add(studies.history_figure(study, method), folder,
+                             f"history_{slug(name)}")
         entries.append(FigureEntry("Sweeps: optimization history", name, *history))
         importance = studies.importance_figure(study, method)
         if isinstance(importance, str):
             notes.append(f"Study {name!r}: no importance plot ({importance}).")
             continue
-        paths = plots.save_figure(importance, folder, f"importance_{slug(name)}")
+        paths = writer.add(importance, folder, f"importance_{slug(name)}")
         entries.append(FigureEntry("Sweeps: hyper-parameter importances", name, *paths))
     return entries, notes
 

@@ -146,11 +146,11 @@ def summary_sentences(correlations: pd.DataFrame, table: ResultTable) -> list[st
 
 
 # ---------------------------------------------------------------------------- figures
-def _panels(rows: int, columns: int, height: float = HEIGHT,
-            width: float | None = None) -> tuple[Figure, np.ndarray]:
+def _panels(rows: int, columns: int, height: float = HEIGHT, width: float | None = None,
+            sharex: str | bool = False) -> tuple[Figure, np.ndarray]:
     width = width or min(TEXT_WIDTH, max(COLUMN_WIDTH, 2.2 * columns))
     fig = Figure(figsize=(width, height * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
+    axes = fig.subplots(rows, columns, squeeze=False, sharex=sharex)
     return fig, axes
 
 
@@ -165,14 +165,17 @@ def _legend(fig: Figure, axes: np.ndarray) -> None:
                    ncols=min(len(seen), 4))
 
 
-def _method_curves(ax: Any, curves: pd.DataFrame, key: str, table: ResultTable) -> None:
+def _method_curves(ax: Any, stats: pd.DataFrame, key: str, table: ResultTable) -> None:
+    """Each method's mean ± std over runs per epoch of one metric, from ``stats`` (indexed
+    by key, method, step)."""
     opts = table.options
-    rows = curves[curves.key == key]
-    for method in opts.order_methods(rows.method.unique()):
-        per_seed = rows[rows.method == method].pivot_table(index="step", columns="run_id",
-                                                           values="value")
-        _band(ax, per_seed.index.to_numpy(), per_seed.mean(axis=1).to_numpy(),
-              per_seed.std(axis=1).to_numpy(), method_color(method), opts.method_label(method))
+    if key not in stats.index.get_level_values("key"):
+        return
+    rows = stats.xs(key, level="key")
+    for method in opts.order_methods(rows.index.get_level_values("method").unique()):
+        per_step = rows.xs(method, level="method")
+        _band(ax, per_step.index.to_numpy(), per_step["mean"].to_numpy(),
+              per_step["std"].to_numpy(), method_color(method), opts.method_label(method))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -184,15 +187,20 @@ def diagnostic_curves(final: pd.DataFrame, histories: pd.DataFrame, table: Resul
     chosen = final[in_column(final, column)]
     curves = histories[histories.run_id.isin(chosen.run_id)].merge(
         chosen[["run_id", "method"]], on="run_id")
+    # One value per run and step: mean and std over the runs (seeds) in one pass.
+    stats = curves.groupby(["key", "method", "step"])["value"].agg(["mean", "std"])
     quantities = list(quantities)
-    fig, axes = _panels(len(quantities), len(layers))
+    fig, axes = _panels(len(quantities), len(layers), sharex="col")
     for row, quantity in enumerate(quantities):
         for col, layer in enumerate(layers):
             ax = axes[row, col]
-            _method_curves(ax, curves, f"{DIAG_PREFIX}{quantity}/{layer}", table)
-            ax.set_title(layer)
-            ax.set_xlabel("Epoch")
-            ax.set_ylabel(QUANTITIES[quantity] if col == 0 else "")
+            _method_curves(ax, stats, f"{DIAG_PREFIX}{quantity}/{layer}", table)
+            if row == 0:
+                ax.set_title(layer)
+            if row == len(quantities) - 1:
+                ax.set_xlabel("Epoch")
+            if col == 0:
+                ax.set_ylabel(QUANTITIES[quantity])
     fig.suptitle(title(table, column), fontsize=8)
     _legend(fig, axes)
     return fig

@@ -126,6 +126,7 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
     storage), when the reports package provides it; returns ``report.html``'s path."""
     try:
         from otbench.reports import write_report as write
+        from otbench.reports.plots import default_figure_workers
     except ImportError:
         return None
     from otbench.benchmark.tracking import tracking_uri_for
@@ -133,7 +134,8 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
     from .studies import with_installed_driver
 
     return write(tracking_uri_for(suite.tracking_uri, suite.results_dir), suite.experiment,
-                 Path(suite.results_dir) / "report", storage=with_installed_driver(storage_url))
+                 Path(suite.results_dir) / "report", storage=with_installed_driver(storage_url),
+                 figure_workers=default_figure_workers())
 
 
 def exit_code(results: list[StudyResult], failed_workers: int) -> int:

@@ -87,6 +87,10 @@ class SuiteFile(Strict):
     final: FinalSettings = Field(default_factory=FinalSettings)
     search: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    trial_diagnostics: bool = Field(
+        False, description="record the per-epoch representation diagnostics in search trials "
+        "too (final runs record them unless defaults set diagnostics: false); the report reads "
+        "only final runs")
     threads: PositiveInt | None = Field(
         None, description="torch CPU threads per worker (default: the cores shared among "
         "local workers); small models run as fast on 1 and never contend for cores")

@@ -61,7 +61,9 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
     reused = finished_run_metric(worker, trial, "val/acc_final")
     if reused is not None:
         return reused
-    cfg = work.spec.run_config(params, tags={"trial": str(trial.number)})
+    # Nothing reads a trial's diagnostics (the report uses final runs): off unless asked.
+    cfg = work.spec.run_config(params, tags={"trial": str(trial.number)},
+                               diagnostics=worker.suite.trial_diagnostics)
 
     def on_epoch(log: EpochLog) -> None:
         trial.report(log.val_acc, log.epoch)

@@ -65,12 +65,16 @@ class StudySpec:
     plan: RunPlan = field(repr=False, compare=False)
 
     def run_config(self, params: Mapping[str, Any], *, seed: int | None = None,
-                   evaluate_test: bool = False, tags: Mapping[str, str] = ()) -> RunConfig:
-        """The run config of one trial or final run of this study."""
+                   evaluate_test: bool = False, tags: Mapping[str, str] = (),
+                   diagnostics: bool = True) -> RunConfig:
+        """The run config of one trial or final run of this study; ``diagnostics=False``
+        turns them off whatever the suite's defaults say."""
         data = deep_merge(self.config, {"params": dict(params), "tags": dict(tags),
                                         "evaluate_test": evaluate_test})
         if seed is not None:
             data["seed"] = seed
+        if not diagnostics:
+            data["diagnostics"] = False
         return validate_model(RunConfig, data, f"run config of study {self.name!r}")
 
 
@@ -88,6 +92,7 @@ class Suite:
     results_dir: str
     tracking_uri: str | None
     threads: int | None
+    trial_diagnostics: bool = False
 
     @property
     def max_failures(self) -> int:
@@ -128,7 +133,8 @@ def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
                     for study in _entry_studies(raw, i, entry, defaults, experiment, search))
     first = studies[0].plan.config
     return Suite(raw.name, experiment, studies, raw.budget, raw.pruner, raw.final,
-                 raw.heartbeat, first.results_dir, first.tracking_uri, raw.threads)
+                 raw.heartbeat, first.results_dir, first.tracking_uri, raw.threads,
+                 raw.trial_diagnostics)
 
 
 def _search_overrides(search: Mapping[str, Mapping[str, Any]], where: str = "search"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -29,3 +30,13 @@ def test_every_registered_method_is_in_the_readme_table() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in method_names():
         assert f"| `{name}` |" in readme, name
+
+
+def test_every_image_the_readme_shows_is_in_the_repository() -> None:
+    readme = (ROOT / "README.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", readme)
+    assert images, "the README shows the quick suite's figures (issues #5 and #9)"
+    for image in images:
+        path = ROOT / image
+        assert path.is_file() and path.stat().st_size > 1000, image
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image

@@ -308,6 +308,9 @@ def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
         assert sorted(r.data.tags["trial"] for r in children) == [str(i) for i in range(count)]
         finals = by_stage(runs, "final", study)
         assert {r.data.tags["mlflow.parentRunId"] for r in finals} == {parents[0].info.run_id}
+        # Diagnostics in final runs only: the suite leaves trial_diagnostics off.
+        assert not any(k.startswith("diag/") for r in children for k in r.data.metrics)
+        assert all(any(k.startswith("diag/ot/") for k in r.data.metrics) for r in finals)
         assert_one_final_run_per_seed(results, study, 2)
     assert_nothing_running(results)
 
