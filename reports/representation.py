@@ -11,6 +11,7 @@ whose every statement is computed from those numbers.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -58,13 +59,18 @@ def logged_layers(runs: pd.DataFrame) -> list[str]:
     return sorted(found, key=lambda n: (ranked.get(n, len(ranked)), _natural_key(n)))
 
 
-def _pair_students(text: Any) -> list[str]:
+def _pair_students(text: Any) -> tuple[str, ...]:
     """Student layers of a logged ``layer_pairs`` param (``[[t, s], ...]``)."""
+    return _parse_pair_students(str(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_pair_students(text: str) -> tuple[str, ...]:
+    """Parsed once per distinct text: every run of a column logs the same pairs."""
     try:
-        pairs = yaml.safe_load(str(text))
-        return [str(pair[1]) for pair in pairs]
+        return tuple(str(pair[1]) for pair in yaml.safe_load(text))
     except (yaml.YAMLError, TypeError, IndexError, KeyError):
-        return []
+        return ()
 
 
 def has_diagnostics(runs: pd.DataFrame) -> bool:
@@ -165,17 +171,17 @@ def _legend(fig: Figure, axes: np.ndarray) -> None:
                    ncols=min(len(seen), 4))
 
 
-def _method_curves(ax: Any, stats: pd.DataFrame, key: str, table: ResultTable) -> None:
-    """Each method's mean ± std over runs per epoch of one metric, from ``stats`` (indexed
-    by key, method, step)."""
+def _method_curves(ax: Any, per_step: pd.DataFrame, key: str, table: ResultTable) -> None:
+    """Each method's mean ± std over runs per epoch of one metric, from ``per_step``
+    (indexed by key, method, step)."""
     opts = table.options
-    if key not in stats.index.get_level_values("key"):
+    if key not in per_step.index.get_level_values("key"):
         return
-    rows = stats.xs(key, level="key")
+    rows = per_step.xs(key, level="key")
     for method in opts.order_methods(rows.index.get_level_values("method").unique()):
-        per_step = rows.xs(method, level="method")
-        _band(ax, per_step.index.to_numpy(), per_step["mean"].to_numpy(),
-              per_step["std"].to_numpy(), method_color(method), opts.method_label(method))
+        curve = rows.xs(method, level="method")
+        _band(ax, curve.index.to_numpy(), curve["mean"].to_numpy(), curve["std"].to_numpy(),
+              method_color(method), opts.method_label(method))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -188,13 +194,13 @@ def diagnostic_curves(final: pd.DataFrame, histories: pd.DataFrame, table: Resul
     curves = histories[histories.run_id.isin(chosen.run_id)].merge(
         chosen[["run_id", "method"]], on="run_id")
     # One value per run and step: mean and std over the runs (seeds) in one pass.
-    stats = curves.groupby(["key", "method", "step"])["value"].agg(["mean", "std"])
+    per_step = curves.groupby(["key", "method", "step"])["value"].agg(["mean", "std"])
     quantities = list(quantities)
     fig, axes = _panels(len(quantities), len(layers), sharex="col")
     for row, quantity in enumerate(quantities):
         for col, layer in enumerate(layers):
             ax = axes[row, col]
-            _method_curves(ax, stats, f"{DIAG_PREFIX}{quantity}/{layer}", table)
+            _method_curves(ax, per_step, f"{DIAG_PREFIX}{quantity}/{layer}", table)
             if row == 0:
                 ax.set_title(layer)
             if row == len(quantities) - 1:
