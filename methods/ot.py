@@ -216,18 +216,44 @@ def solve_plans(costs: Mapping[str, Tensor], settings: OTSettings) -> dict[str, 
         return {key: future.result() for key, future in futures.items()}
 
 
-def transport_cost(cost: Tensor, settings: OTSettings) -> Tensor:
-    """``<P*, C>``: the plan is a constant, so the gradient is the envelope theorem's."""
-    return (transport_plan(cost, settings) * cost).sum()
+def plan_cost(plan: Tensor, teacher: Tensor, student: Tensor, cost_scale: str = "mean") -> Tensor:
+    """``<P, C>`` for neurons ``(n_t, d)`` and ``(n_s, d)``, differentiable in both.
+
+    The exact solvers' plans are vertices of the transport polytope, with at most
+    ``n_t + n_s − 1`` nonzeros: summing ``P_ij ||T_i − S_j||²`` over them costs
+    ``O((n_t + n_s)·d)``, not the ``O(n_t·n_s·d)`` of the cost matrix, which then only the
+    solver needs, without gradient (and not at all on steps that reuse a plan). A dense plan
+    (Sinkhorn) goes through the matrix.
+    """
+    rows, cols = plan.nonzero(as_tuple=True)
+    if len(rows) > plan.shape[0] + plan.shape[1]:
+        return (plan * cost_matrix(teacher, student, cost_scale)).sum()
+    total = (plan[rows, cols] * (teacher[rows] - student[cols]).pow(2).sum(1)).sum()
+    return total / teacher.shape[1] if cost_scale == "mean" else total
+
+
+def neuron_pair(teacher_features: Tensor, student_features: Tensor, settings: OTSettings,
+                where: str = "") -> tuple[Tensor, Tensor]:
+    """The two layers' neurons, ``(n_t, d)`` and ``(n_s, d)``, on one spatial size and
+    normalized as ``settings`` say."""
+    teacher, student = match_spatial(teacher_features, student_features, settings.spatial, where)
+    return (normalize_neurons(flatten_neurons(teacher), settings.normalize),
+            normalize_neurons(flatten_neurons(student), settings.normalize))
 
 
 def neuron_costs(teacher_features: Tensor, student_features: Tensor,
                  settings: OTSettings, where: str = "") -> Tensor:
     """The cost matrix between the neurons of two layers' features."""
-    teacher, student = match_spatial(teacher_features, student_features, settings.spatial, where)
-    t = normalize_neurons(flatten_neurons(teacher), settings.normalize)
-    s = normalize_neurons(flatten_neurons(student), settings.normalize)
-    return cost_matrix(t, s, settings.cost_scale)
+    return cost_matrix(*neuron_pair(teacher_features, student_features, settings, where),
+                       settings.cost_scale)
+
+
+def solved_plans(neurons: Mapping[str, tuple[Tensor, Tensor]],
+                 settings: OTSettings) -> dict[str, Tensor]:
+    """Optimal plans for neuron pairs: costs built without gradient, solved side by side."""
+    with torch.no_grad():
+        costs = {key: cost_matrix(t, s, settings.cost_scale) for key, (t, s) in neurons.items()}
+    return solve_plans(costs, settings)
 
 
 def ot_distance(teacher_features: Tensor, student_features: Tensor,
@@ -235,10 +261,13 @@ def ot_distance(teacher_features: Tensor, student_features: Tensor,
     """Ω between two layers' features, ``(B, C, H, W)`` or ``(B, C)``, differentiable in both.
 
     Keyword settings are the fields of :class:`OTSettings` (solver, normalize, cost_scale,
-    spatial, epsilon...). Usable outside training, e.g. to compare two trained networks.
+    spatial, epsilon...). Usable outside training, e.g. to compare two trained networks. The
+    plan is a constant, so the gradient is the envelope theorem's.
     """
     config = OTSettings.from_kwargs(settings)
-    return transport_cost(neuron_costs(teacher_features, student_features, config), config)
+    teacher, student = neuron_pair(teacher_features, student_features, config)
+    plan = solved_plans({"": (teacher, student)}, config)[""]
+    return plan_cost(plan, teacher, student, config.cost_scale)
 
 
 def check_pair_shapes(pair: LayerPair, spatial: str, method: str = "ot") -> None:
@@ -299,20 +328,21 @@ class OTTransfer(TransferMethod):
         self._steps = 0
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
-        costs = {}
+        neurons = {}
         for pair in self.pairs:
             teacher, student = pair_features(step, pair)
-            costs[pair.key] = neuron_costs(teacher.detach(), student, self.settings,
-                                           pair.describe())
-        plans = self._current_plans(costs)
+            neurons[pair.key] = neuron_pair(teacher.detach(), student, self.settings,
+                                            pair.describe())
+        plans = self._current_plans(neurons)
         return {f"ot/{pair.key}": self.weight * pair.weight
-                * (plans[pair.key] * costs[pair.key]).sum() for pair in self.pairs}
+                * plan_cost(plans[pair.key], *neurons[pair.key], self.settings.cost_scale)
+                for pair in self.pairs}
 
-    def _current_plans(self, costs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _current_plans(self, neurons: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """Fresh plans in eval mode and on every ``plan_every``-th training step, else cached."""
         if not self.training:
-            return solve_plans(costs, self.settings)
+            return solved_plans(neurons, self.settings)
         if self._steps % self.plan_every == 0:
-            self._plans = solve_plans(costs, self.settings)
+            self._plans = solved_plans(neurons, self.settings)
         self._steps += 1
         return self._plans

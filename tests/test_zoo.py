@@ -23,7 +23,7 @@ from otbench.methods import LayerPair, StepOutputs, TransferContext, get_method,
 from otbench.methods.base import check_applicable
 from otbench.methods.cka import linear_cka
 from otbench.methods.crd import nce_loss
-from otbench.methods.ot import OTSettings, OTSolverWarning, neuron_costs, transport_cost
+from otbench.methods.ot import OTSolverWarning
 from otbench.methods.ot_sinkhorn_div import sinkhorn_divergence_features
 from otbench.methods.ot_sliced import quantile_w2, random_directions, sliced_w2
 from otbench.methods.ot_unbalanced import unbalanced_cost
@@ -466,8 +466,7 @@ def test_unbalanced_survives_a_far_neuron_that_breaks_pot() -> None:
 def test_unbalanced_becomes_balanced_as_rho_grows() -> None:
     t, s = rand(5, 10, 2, 2, seed=44), rand(5, 8, 2, 2, seed=45)
     pair = LayerPair("t", "s", (10, 2, 2), (8, 2, 2))
-    cost = neuron_costs(t, s, OTSettings())
-    balanced = transport_cost(cost, OTSettings(solver="sinkhorn", epsilon=1e-2)).item()
+    balanced = ot_distance(t, s, solver="sinkhorn", epsilon=1e-2).item()
     values = {}
     for rho in (0.1, 1.0, 1e4):
         method = get_method("ot-unbalanced")(context([pair]), rho=rho, weight=1.0)
