@@ -296,3 +296,20 @@ def pool_to_smaller(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
         return first, second
     size = tuple(min(a, b) for a, b in zip(first.shape[2:], second.shape[2:], strict=True))
     return F.adaptive_avg_pool2d(first, size), F.adaptive_avg_pool2d(second, size)
+
+
+def pooled(features: Tensor) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C)`` by global average pooling; ``(B, C)`` is returned as is."""
+    if features.dim() == 4:
+        return features.mean(dim=(2, 3))
+    if features.dim() != 2:
+        raise ConfigError(f"features must be (B, C) or (B, C, H, W), got shape "
+                          f"{tuple(features.shape)}")
+    return features
+
+
+def deepest_pair(pairs: tuple[LayerPair, ...], method: str) -> LayerPair:
+    """The last pair: default pairs run shallow -> deep, so it is the deepest stage."""
+    if not pairs:
+        raise ConfigError(f"method {method!r} needs at least one layer pair")
+    return pairs[-1]

@@ -22,8 +22,15 @@ from torch import Tensor
 
 from otbench.errors import ConfigError
 
-from .base import HyperParam, StepOutputs, TransferContext, TransferMethod, register_method
-from .rkd import deepest_pair, pooled
+from .base import (
+    HyperParam,
+    StepOutputs,
+    TransferContext,
+    TransferMethod,
+    deepest_pair,
+    pooled,
+    register_method,
+)
 
 
 def spectral_shrinkage(features: Tensor, k: int = 1) -> Tensor:

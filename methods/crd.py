@@ -47,10 +47,11 @@ from .base import (
     StepOutputs,
     TransferContext,
     TransferMethod,
+    deepest_pair,
     pair_features,
+    pooled,
     register_method,
 )
-from .rkd import deepest_pair, pooled
 
 
 def nce_loss(anchor: Tensor, positive: Tensor, negatives: Tensor, valid: Tensor,

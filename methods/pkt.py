@@ -21,10 +21,11 @@ from .base import (
     StepOutputs,
     TransferContext,
     TransferMethod,
+    deepest_pair,
     pair_features,
+    pooled,
     register_method,
 )
-from .rkd import deepest_pair, pooled
 
 EPS = 1e-7
 

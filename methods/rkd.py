@@ -23,34 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from otbench.errors import ConfigError
-
 from .base import (
     HyperParam,
-    LayerPair,
     StepOutputs,
     TransferContext,
     TransferMethod,
+    deepest_pair,
     pair_features,
+    pooled,
     register_method,
 )
-
-
-def pooled(features: Tensor) -> Tensor:
-    """``(B, C, H, W)`` -> ``(B, C)`` by global average pooling; ``(B, C)`` is returned as is."""
-    if features.dim() == 4:
-        return features.mean(dim=(2, 3))
-    if features.dim() != 2:
-        raise ConfigError(f"features must be (B, C) or (B, C, H, W), got shape "
-                          f"{tuple(features.shape)}")
-    return features
-
-
-def deepest_pair(pairs: tuple[LayerPair, ...], method: str) -> LayerPair:
-    """The last pair: default pairs run shallow -> deep, so it is the deepest stage."""
-    if not pairs:
-        raise ConfigError(f"method {method!r} needs at least one layer pair")
-    return pairs[-1]
 
 
 def pairwise_distances(embeddings: Tensor, eps: float = 1e-12) -> Tensor:

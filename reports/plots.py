@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import pickle
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
@@ -101,49 +101,54 @@ def default_figure_workers() -> int:
 class FigureWriter:
     """Writes a report's figures as PNG and PDF, optionally on several processes.
 
-    Drawing is most of a report's time and every figure is independent, so :meth:`add`
-    queues a figure and returns its paths at once, and :meth:`close` (or leaving the
-    ``with`` block) writes them all, spread over ``workers`` spawned processes (figures are
-    pickled; one that cannot be is drawn here). The default, one worker, draws everything in
-    this process: spawned workers re-import a script's main module, which is only safe
-    behind ``if __name__ == "__main__"`` (as in the ``otbench`` command).
+    Drawing is most of a report's time and every figure is independent. With ``workers``
+    > 1, :meth:`add` pickles the figure and hands it to a pool of spawned processes at once,
+    so they draw while this process builds the next figures; :meth:`close` (or leaving the
+    ``with`` block) waits for them. A figure that cannot be pickled is drawn here. The
+    default, one worker, draws each figure here when added: spawned workers re-import a
+    script's main module, which is only safe behind ``if __name__ == "__main__"`` (as in
+    the ``otbench`` command).
     """
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
             raise ValueError(f"figure workers must be at least 1, got {workers}")
         self.workers = workers
-        self.queue: list[tuple[Figure, Path, str]] = []
+        self.pool: ProcessPoolExecutor | None = None
+        self.jobs: list[Future[list[Path]]] = []
 
     def add(self, fig: Figure, folder: Path, stem: str) -> list[Path]:
-        self.queue.append((fig, folder, stem))
+        """Write (or start writing) ``fig``; returns the PNG and PDF paths it will have."""
+        try:
+            payload = pickle.dumps(fig) if self.workers > 1 else None
+        except (pickle.PicklingError, TypeError, AttributeError):
+            payload = None
+        if payload is None:
+            return save_figure(fig, folder, stem)
+        if self.pool is None:
+            context = multiprocessing.get_context("spawn")  # no forked threads or DB handles
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        self.jobs.append(self.pool.submit(save_pickled_figure, payload, folder, stem))
         return figure_paths(folder, stem)
 
-    def close(self) -> None:
-        queue, self.queue = self.queue, []
-        if self.workers < 2 or len(queue) < 2:
-            for fig, folder, stem in queue:
-                save_figure(fig, folder, stem)
+    def close(self, cancel: bool = False) -> None:
+        """Wait for every figure (a worker's exception is raised here), or cancel them."""
+        jobs, self.jobs = self.jobs, []
+        pool, self.pool = self.pool, None
+        if pool is None:
             return
-        context = multiprocessing.get_context("spawn")  # no forked threads or DB handles
-        with ProcessPoolExecutor(min(self.workers, len(queue)), mp_context=context) as pool:
-            jobs = []
-            for fig, folder, stem in queue:
-                try:
-                    payload = pickle.dumps(fig)
-                except (pickle.PicklingError, TypeError, AttributeError):
-                    save_figure(fig, folder, stem)
-                    continue
-                jobs.append(pool.submit(save_pickled_figure, payload, folder, stem))
-            for job in jobs:
-                job.result()  # a worker's exception is raised here
+        try:
+            if not cancel:
+                for job in jobs:
+                    job.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> FigureWriter:
         return self
 
     def __exit__(self, kind: object, *_: object) -> None:
-        if kind is None:
-            self.close()
+        self.close(cancel=kind is not None)
 
 
 def save_pickled_figure(payload: bytes, folder: Path, stem: str) -> list[Path]:

@@ -36,6 +36,7 @@ from otbench.reports.plots import (
     METHOD_COLORS,
     accuracy_bars,
     accuracy_vs_samples,
+    default_figure_workers,
     method_color,
     sample_size_families,
     sensitivity,
@@ -565,6 +566,16 @@ def test_report_html_is_self_contained(report: Path) -> None:
         assert text in page, text
 
 
+def test_figures_drawn_on_worker_processes_equal_those_drawn_here(store: Store,
+                                                                   report: Path) -> None:
+    parallel = write_report(store.uri, EXPERIMENT, store.folder / "parallel", figure_workers=2)
+    here, there = report.parent / "figures", parallel.parent / "figures"
+    names = sorted(p.name for p in here.iterdir())
+    assert names and names == sorted(p.name for p in there.iterdir())
+    for name in names:
+        assert (here / name).read_bytes() == (there / name).read_bytes(), name
+
+
 # --------------------------------------------------------------------------- errors, CLI
 def test_unknown_experiment_lists_existing(store: Store, tmp_path: Path) -> None:
     with pytest.raises(UnknownExperimentError, match=re.escape(
@@ -597,17 +608,19 @@ def test_cli_report_arguments(store: Store, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr("otbench.reports.report.write_report", fake)
     assert main(["report", "--results-dir", str(store.folder), "--experiment", EXPERIMENT,
                  "--format", "md,csv"]) == 0
+    workers = default_figure_workers()
     assert calls == [(store.uri, EXPERIMENT, store.folder / "report",
-                      {"storage": None, "formats": "md,csv", "options": None})]
+                      {"storage": None, "formats": "md,csv", "options": None,
+                       "figure_workers": workers})]
     assert capsys.readouterr().out == f"report: {store.folder / 'report' / 'report.html'}\n"
     options = tmp_path / "options.yaml"
     options.write_text("test: wilcoxon\n")
     assert main(["report", "--tracking-uri", store.uri, "--experiment", EXPERIMENT, "--out",
                  str(tmp_path / "out"), "--storage", store.storage, "--options",
-                 str(options)]) == 0
+                 str(options), "--workers", "3"]) == 0
     assert calls[1][:3] == (store.uri, EXPERIMENT, tmp_path / "out")
     assert calls[1][3] == {"storage": store.storage, "formats": "md,tex,html,csv",
-                           "options": ReportOptions(test="wilcoxon")}
+                           "options": ReportOptions(test="wilcoxon"), "figure_workers": 3}
 
 
 def test_cli_report_errors(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -622,6 +635,8 @@ def test_cli_report_errors(store: Store, tmp_path: Path, capsys: pytest.CaptureF
     assert "unknown report format(s) pdf" in capsys.readouterr().err
     assert main(["report", "--results-dir", str(tmp_path)]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
+    assert main(["report", "--results-dir", folder, "--workers", "0"]) == 2
+    assert "--workers must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_options_yaml_and_typos(tmp_path: Path) -> None:
