@@ -216,6 +216,32 @@ def solve_plans(costs: Mapping[str, Tensor], settings: OTSettings) -> dict[str, 
         return {key: future.result() for key, future in futures.items()}
 
 
+class _SupportCost(torch.autograd.Function):
+    """``Σ P_ij ||T_i − S_j||²`` over the plan's nonzeros, with the gradients
+    ``2(a_i T_i − (P S)_i)`` and ``2(b_j S_j − (Pᵀ T)_j)`` (``a``, ``b``: the plan's row and
+    column sums) accumulated by ``index_add_``, which is deterministic on CPU, where
+    autograd's backward of the gather is not on several threads."""
+
+    @staticmethod
+    def forward(ctx: Any, teacher: Tensor, student: Tensor, plan: Tensor) -> Tensor:
+        rows, cols = plan.nonzero(as_tuple=True)
+        weights = plan[rows, cols]
+        ctx.save_for_backward(teacher, student, plan, rows, cols, weights)
+        return (weights * (teacher[rows] - student[cols]).pow(2).sum(1)).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        teacher, student, plan, rows, cols, weights = ctx.saved_tensors
+        grad_teacher = grad_student = None
+        if ctx.needs_input_grad[0]:
+            pulled = torch.zeros_like(teacher).index_add_(0, rows, student[cols] * weights[:, None])
+            grad_teacher = 2 * grad * (plan.sum(1, keepdim=True) * teacher - pulled)
+        if ctx.needs_input_grad[1]:
+            pulled = torch.zeros_like(student).index_add_(0, cols, teacher[rows] * weights[:, None])
+            grad_student = 2 * grad * (plan.sum(0).unsqueeze(1) * student - pulled)
+        return grad_teacher, grad_student, None
+
+
 def plan_cost(plan: Tensor, teacher: Tensor, student: Tensor, cost_scale: str = "mean") -> Tensor:
     """``<P, C>`` for neurons ``(n_t, d)`` and ``(n_s, d)``, differentiable in both.
 
@@ -225,10 +251,9 @@ def plan_cost(plan: Tensor, teacher: Tensor, student: Tensor, cost_scale: str = 
     solver needs, without gradient (and not at all on steps that reuse a plan). A dense plan
     (Sinkhorn) goes through the matrix.
     """
-    rows, cols = plan.nonzero(as_tuple=True)
-    if len(rows) > plan.shape[0] + plan.shape[1]:
+    if int((plan != 0).sum()) > plan.shape[0] + plan.shape[1]:
         return (plan * cost_matrix(teacher, student, cost_scale)).sum()
-    total = (plan[rows, cols] * (teacher[rows] - student[cols]).pow(2).sum(1)).sum()
+    total = _SupportCost.apply(teacher, student, plan.detach())
     return total / teacher.shape[1] if cost_scale == "mean" else total
 
 

@@ -80,6 +80,31 @@ def test_plans_of_a_step_solved_side_by_side_equal_pot_emd2(threads: int) -> Non
                                                                   dtype=torch.float64))
 
 
+def test_support_cost_matches_the_dense_cost_and_its_gradients_are_reproducible() -> None:
+    """The plan's-support loss against ``(P * C).sum()`` by autograd, and bitwise the same
+    gradient every time on two threads (autograd's own gather backward is not)."""
+    teacher, student = neurons(48, 2048, 0).t().contiguous(), neurons(16, 2048, 1).t().contiguous()
+    plan = ot_module.solved_plans({"x": (teacher, student)}, OTSettings())["x"]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = set()
+        for _ in range(10):
+            t, s = teacher.clone().requires_grad_(), student.clone().requires_grad_()
+            value = ot_module.plan_cost(plan, t, s)
+            value.backward()
+            grads.add((t.grad.numpy().tobytes(), s.grad.numpy().tobytes()))
+    finally:
+        torch.set_num_threads(previous)
+    assert len(grads) == 1
+    t_dense, s_dense = teacher.clone().requires_grad_(), student.clone().requires_grad_()
+    dense = (plan * ot_module.cost_matrix(t_dense, s_dense)).sum()
+    dense.backward()
+    assert value.item() == pytest.approx(dense.item(), rel=1e-10)
+    torch.testing.assert_close(t.grad, t_dense.grad)
+    torch.testing.assert_close(s.grad, s_dense.grad)
+
+
 def test_solver_cost_keeps_the_optimal_plans_and_is_nonnegative() -> None:
     cost = cdist(np.random.default_rng(0).normal(size=(30, 5)),
                  np.random.default_rng(1).normal(size=(20, 5)), "sqeuclidean")
