@@ -7,7 +7,9 @@ neurons and the regularizer is ``Ω = min_{P ∈ Π(1/n_t, 1/n_s)} <P, C>`` with
 the envelope theorem that is the gradient of Ω, and it reaches the student only.
 
 Speed: the solvers see a double-centred copy of the cost (same optimal plans, faster to solve),
-and :class:`OTTransfer` can keep a plan for ``plan_every`` training steps (see its docstring).
+the plans of a step's layer pairs are solved side by side, the loss is summed over the plan's
+support (:func:`plan_cost`), and :class:`OTTransfer` can keep a plan for ``plan_every``
+training steps (see its docstring).
 """
 
 from __future__ import annotations
