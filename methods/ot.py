@@ -236,12 +236,22 @@ class _SupportCost(torch.autograd.Function):
         teacher, student, plan, rows, cols, weights = ctx.saved_tensors
         grad_teacher = grad_student = None
         if ctx.needs_input_grad[0]:
-            pulled = torch.zeros_like(teacher).index_add_(0, rows, student[cols] * weights[:, None])
+            pulled = _pull(teacher, rows, student[cols] * weights[:, None])
             grad_teacher = 2 * grad * (plan.sum(1, keepdim=True) * teacher - pulled)
         if ctx.needs_input_grad[1]:
-            pulled = torch.zeros_like(student).index_add_(0, cols, teacher[rows] * weights[:, None])
+            pulled = _pull(student, cols, teacher[rows] * weights[:, None])
             grad_student = 2 * grad * (plan.sum(0).unsqueeze(1) * student - pulled)
         return grad_teacher, grad_student, None
+
+
+def _pull(like: Tensor, index: Tensor, rows: Tensor) -> Tensor:
+    """``out[k] = Σ_{m: index[m] = k} rows[m]``: a plain (parallel) copy when the indices
+    are distinct, as in an assignment, else a deterministic ``index_add_``."""
+    out = torch.zeros_like(like)
+    if len(torch.unique(index)) == len(index):
+        out[index] = rows
+        return out
+    return out.index_add_(0, index, rows)
 
 
 def plan_cost(plan: Tensor, teacher: Tensor, student: Tensor, cost_scale: str = "mean") -> Tensor:
