@@ -24,7 +24,6 @@ from otbench.methods.similarity import (
     centered_gram,
     cka_of_grams,
     column_entropy,
-    linear_cka,
     matching_stability,
     plan_matching,
 )
@@ -80,8 +79,9 @@ def layer_snapshot(teacher: Tensor, student: Tensor, settings: OTSettings | None
     cost = neuron_costs(teacher, student, settings)
     plan = transport_plan(cost, settings)
     square = cost.shape[0] == cost.shape[1]
-    cka = (linear_cka(teacher, student) if teacher_gram is None
-           else cka_of_grams(teacher_gram, centered_gram(student)))
+    if teacher_gram is None:
+        teacher_gram = centered_gram(teacher)
+    cka = cka_of_grams(teacher_gram, centered_gram(student))
     return LayerSnapshot(ot=float((plan * cost).sum()), cka=float(cka),
                          identity=float(cost.diagonal().mean()) if square else None,
                          entropy=float(column_entropy(plan)), matching=plan_matching(plan).cpu(),

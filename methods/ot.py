@@ -205,19 +205,6 @@ def transport_plan(cost: Tensor, settings: OTSettings) -> Tensor:
     return torch.from_numpy(plan).to(device=cost.device, dtype=cost.dtype)
 
 
-def solve_plans(costs: Mapping[str, Tensor], settings: OTSettings) -> dict[str, Tensor]:
-    """The plans of all layer pairs of a step, solved side by side on up to torch's number of
-    CPU threads: POT's network simplex and scipy's assignment release the GIL, so a step
-    waits for its slowest layer instead of the sum of all of them."""
-    threads = min(len(costs), torch.get_num_threads())
-    if threads < 2:
-        return {key: transport_plan(cost, settings) for key, cost in costs.items()}
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ot-solve") as pool:
-        futures = {key: pool.submit(transport_plan, cost, settings)
-                   for key, cost in costs.items()}
-        return {key: future.result() for key, future in futures.items()}
-
-
 class _SupportCost(torch.autograd.Function):
     """``Σ P_ij ||T_i − S_j||²`` over the plan's nonzeros, with the gradients
     ``2(a_i T_i − (P S)_i)`` and ``2(b_j S_j − (Pᵀ T)_j)`` (``a``, ``b``: the plan's row and
@@ -225,14 +212,15 @@ class _SupportCost(torch.autograd.Function):
     autograd's backward of the gather is not on several threads."""
 
     @staticmethod
-    def forward(ctx: Any, teacher: Tensor, student: Tensor, plan: Tensor) -> Tensor:
-        rows, cols = plan.nonzero(as_tuple=True)
+    def forward(ctx: Any, teacher: Tensor, student: Tensor, plan: Tensor, rows: Tensor,
+                cols: Tensor) -> Tensor:
         weights = plan[rows, cols]
         ctx.save_for_backward(teacher, student, plan, rows, cols, weights)
         return (weights * (teacher[rows] - student[cols]).pow(2).sum(1)).sum()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None,
+                                                  None]:
         teacher, student, plan, rows, cols, weights = ctx.saved_tensors
         grad_teacher = grad_student = None
         if ctx.needs_input_grad[0]:
@@ -241,7 +229,7 @@ class _SupportCost(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             pulled = _pull(student, cols, teacher[rows] * weights[:, None])
             grad_student = 2 * grad * (plan.sum(0).unsqueeze(1) * student - pulled)
-        return grad_teacher, grad_student, None
+        return grad_teacher, grad_student, None, None, None
 
 
 def _pull(like: Tensor, index: Tensor, rows: Tensor) -> Tensor:
@@ -263,9 +251,10 @@ def plan_cost(plan: Tensor, teacher: Tensor, student: Tensor, cost_scale: str = 
     solver needs, without gradient (and not at all on steps that reuse a plan). A dense plan
     (Sinkhorn) goes through the matrix.
     """
-    if int((plan != 0).sum()) > plan.shape[0] + plan.shape[1]:
+    rows, cols = plan.detach().nonzero(as_tuple=True)
+    if len(rows) > plan.shape[0] + plan.shape[1]:
         return (plan * cost_matrix(teacher, student, cost_scale)).sum()
-    total = _SupportCost.apply(teacher, student, plan.detach())
+    total = _SupportCost.apply(teacher, student, plan.detach(), rows, cols)
     return total / teacher.shape[1] if cost_scale == "mean" else total
 
 
@@ -287,10 +276,19 @@ def neuron_costs(teacher_features: Tensor, student_features: Tensor,
 
 def solved_plans(neurons: Mapping[str, tuple[Tensor, Tensor]],
                  settings: OTSettings) -> dict[str, Tensor]:
-    """Optimal plans for neuron pairs: costs built without gradient, solved side by side."""
+    """Optimal plans for the neuron pairs of a step, from costs built without gradient and
+    solved side by side on up to torch's number of CPU threads: POT's network simplex and
+    scipy's assignment release the GIL, so a step waits for its slowest layer instead of the
+    sum of all of them."""
     with torch.no_grad():
         costs = {key: cost_matrix(t, s, settings.cost_scale) for key, (t, s) in neurons.items()}
-    return solve_plans(costs, settings)
+    threads = min(len(costs), torch.get_num_threads())
+    if threads < 2:
+        return {key: transport_plan(cost, settings) for key, cost in costs.items()}
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ot-solve") as pool:
+        futures = {key: pool.submit(transport_plan, cost, settings)
+                   for key, cost in costs.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
 def ot_distance(teacher_features: Tensor, student_features: Tensor,

@@ -54,19 +54,15 @@ def logged_layers(runs: pd.DataFrame) -> list[str]:
              if c.startswith(f"{DIAG_PREFIX}ot/") and runs[c].notna().any()]
     order: list[str] = []
     for text in runs.get(CONFIG_PREFIX + "layer_pairs", pd.Series(dtype=object)).dropna():
-        order += [s for s in _pair_students(text) if s not in order]
+        order += [s for s in _pair_students(str(text)) if s not in order]
     ranked = {name: i for i, name in enumerate(order)}
     return sorted(found, key=lambda n: (ranked.get(n, len(ranked)), _natural_key(n)))
 
 
-def _pair_students(text: Any) -> tuple[str, ...]:
-    """Student layers of a logged ``layer_pairs`` param (``[[t, s], ...]``)."""
-    return _parse_pair_students(str(text))
-
-
 @functools.lru_cache(maxsize=1024)
-def _parse_pair_students(text: str) -> tuple[str, ...]:
-    """Parsed once per distinct text: every run of a column logs the same pairs."""
+def _pair_students(text: str) -> tuple[str, ...]:
+    """Student layers of a logged ``layer_pairs`` param (``[[t, s], ...]``), parsed once per
+    distinct text: every run of a column logs the same pairs."""
     try:
         return tuple(str(pair[1]) for pair in yaml.safe_load(text))
     except (yaml.YAMLError, TypeError, IndexError, KeyError):

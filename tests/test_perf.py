@@ -66,7 +66,9 @@ def test_plans_of_a_step_solved_side_by_side_equal_pot_emd2(threads: int) -> Non
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        plans = ot_module.solve_plans(costs, settings)
+        plans = ot_module.solved_plans(
+            {key: ot_module.neuron_pair(t, s, settings) for key, (t, s) in pairs.items()},
+            settings)
     finally:
         torch.set_num_threads(previous)
     assert list(plans) == list(costs)
