@@ -3,15 +3,18 @@
 Once per epoch, for every run whatever its method, on a fixed probe batch of validation
 examples: per layer pair the OT distance, linear CKA, the identity-matching distance (equal
 widths), the matching (for each student neuron, the teacher neuron with most of its mass),
-its stability since the previous epoch, and the plan's column entropy. Recording runs in eval
-mode without gradient and draws no random numbers, so training is unchanged by it.
+its stability since the previous epoch, and the plan's column entropy. OT distance, CKA and
+stability are MLflow metrics (what the report plots); the matchings, entropies and identity
+distances of every epoch go to the run's ``diagnostics.npz`` (every MLflow metric costs a
+database row per epoch). Recording runs in eval mode without gradient and draws no random
+numbers, so training is unchanged by it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from otbench.methods import LayerPair
-from otbench.methods.ot import OTSettings, neuron_costs, transport_plan
+from otbench.methods.base import flatten_neurons, pool_to
+from otbench.methods.ot import (
+    OTSettings,
+    cost_matrix,
+    match_spatial,
+    normalize_neurons,
+    transport_plan,
+)
 from otbench.methods.similarity import (
     centered_gram,
     cka_of_grams,
@@ -57,31 +67,59 @@ def probe_batch(split: Split, task: TaskData, size: int) -> Tensor:
     return make_normalizer(task)(split.x[index])
 
 
+@dataclass
+class TeacherLayer:
+    """One teacher layer on the probe batch, with what every comparison needs from it: its
+    centred Gram matrix (CKA) and, per student map size, its neurons and their squared norms
+    (the OT cost). A frozen teacher's never change, so a run computes them once, not every
+    epoch (on a 256-example probe the teacher's neuron matrix alone is megabytes to copy)."""
+
+    features: Tensor
+    gram: Tensor
+    _neurons: dict[tuple[object, ...], tuple[Tensor, Tensor, tuple[int, ...]]] = field(
+        default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, features: Tensor) -> TeacherLayer:
+        return cls(features, centered_gram(features))
+
+    def costs(self, student: Tensor, settings: OTSettings) -> Tensor:
+        """The cost matrix to ``student``'s neurons: ``neuron_costs``, teacher side cached."""
+        key = (tuple(student.shape[1:]), settings.spatial, settings.normalize)
+        if key not in self._neurons:
+            teacher, matched = match_spatial(self.features, student, settings.spatial)
+            neurons = normalize_neurons(flatten_neurons(teacher), settings.normalize)
+            self._neurons[key] = (neurons, neurons.pow(2).sum(1, keepdim=True),
+                                  tuple(matched.shape[2:]))
+        neurons, norms, size = self._neurons[key]
+        student_neurons = normalize_neurons(flatten_neurons(pool_to(student, size)),
+                                            settings.normalize)
+        return cost_matrix(neurons, student_neurons, settings.cost_scale, norms)
+
+
 @dataclass(frozen=True)
 class TeacherProbe:
-    """A teacher's features on the probe batch and their centred Gram matrices (for CKA):
-    a frozen teacher's never change, so a run computes them once, not every epoch."""
+    """A teacher's layers on the probe batch (see :class:`TeacherLayer`)."""
 
-    features: dict[str, Tensor]
-    grams: dict[str, Tensor]
+    layers: dict[str, TeacherLayer]
 
     @classmethod
     def of(cls, teacher: nn.Module, layers: Sequence[str], probe: Tensor) -> TeacherProbe:
         features = tapped_features(teacher, layers, probe)
-        return cls(features, {name: centered_gram(f) for name, f in features.items()})
+        return cls({name: TeacherLayer.of(f) for name, f in features.items()})
 
 
-def layer_snapshot(teacher: Tensor, student: Tensor, settings: OTSettings | None = None,
-                   teacher_gram: Tensor | None = None) -> LayerSnapshot:
+def layer_snapshot(teacher: Tensor | TeacherLayer, student: Tensor,
+                   settings: OTSettings | None = None) -> LayerSnapshot:
     """All diagnostics of one layer pair, from the same code ``ot_distance`` and
-    ``linear_cka`` use (``teacher_gram``: the teacher's centred Gram matrix, if known)."""
+    ``linear_cka`` use; ``teacher``: its features, or a run's cached :class:`TeacherLayer`."""
     settings = settings or OTSettings()
-    cost = neuron_costs(teacher, student, settings)
+    if not isinstance(teacher, TeacherLayer):
+        teacher = TeacherLayer.of(teacher)
+    cost = teacher.costs(student, settings)
     plan = transport_plan(cost, settings)
     square = cost.shape[0] == cost.shape[1]
-    if teacher_gram is None:
-        teacher_gram = centered_gram(teacher)
-    cka = cka_of_grams(teacher_gram, centered_gram(student))
+    cka = cka_of_grams(teacher.gram, centered_gram(student))
     return LayerSnapshot(ot=float((plan * cost).sum()), cka=float(cka),
                          identity=float(cost.diagonal().mean()) if square else None,
                          entropy=float(column_entropy(plan)), matching=plan_matching(plan).cpu(),
@@ -107,24 +145,13 @@ def compare(teacher: nn.Module | TeacherProbe, student: nn.Module,
     if not isinstance(teacher, TeacherProbe):
         teacher = TeacherProbe.of(teacher, [p.teacher for p in pairs], probe)
     s_features = tapped_features(student, [p.student for p in pairs], probe)
-    return {p.key: layer_snapshot(teacher.features[p.teacher], s_features[p.student],
-                                  teacher_gram=teacher.grams[p.teacher]) for p in pairs}
-
-
-def snapshot_metrics(snapshots: dict[str, LayerSnapshot]) -> dict[str, float]:
-    """MLflow metrics ``diag/<quantity>/<layer>``."""
-    metrics = {}
-    for layer, snap in snapshots.items():
-        metrics[f"diag/ot/{layer}"] = snap.ot
-        metrics[f"diag/cka/{layer}"] = snap.cka
-        metrics[f"diag/entropy/{layer}"] = snap.entropy
-        if snap.identity is not None:
-            metrics[f"diag/identity/{layer}"] = snap.identity
-    return metrics
+    return {p.key: layer_snapshot(teacher.layers[p.teacher], s_features[p.student])
+            for p in pairs}
 
 
 class DiagnosticsRecorder:
-    """Records snapshots every epoch and keeps the matchings for the run's artifact."""
+    """Records snapshots every epoch: returns the MLflow metrics and keeps the rest for the
+    run's artifact (the plans of the first and last epoch only: a plan is n_t × n_s)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, pairs: Sequence[LayerPair],
                  probe: Tensor) -> None:
@@ -132,20 +159,26 @@ class DiagnosticsRecorder:
         self.teacher = TeacherProbe.of(teacher, [p.teacher for p in pairs], probe)
         self.epochs: list[int] = []
         self.matchings: dict[str, list[Tensor]] = {p.key: [] for p in pairs}
+        self.values: dict[str, list[float]] = {}  # entropy/<layer>, identity/<layer>
         self.first_plans: dict[str, Tensor] = {}
         self.last_plans: dict[str, Tensor] = {}
 
     def record(self, epoch: int) -> dict[str, float]:
-        """This epoch's ``diag/…`` metrics, and ``time/diagnostics``: the seconds they took."""
+        """This epoch's ``diag/{ot,cka,stability}/<layer>`` metrics and ``time/diagnostics``:
+        the seconds they took."""
         start = time.perf_counter()
-        snapshots = compare(self.teacher, self.student, self.pairs, self.probe)
-        metrics = snapshot_metrics(snapshots)
-        for layer, snap in snapshots.items():
-            history = self.matchings[layer]
-            if history:
-                metrics[f"diag/stability/{layer}"] = matching_stability(history[-1],
+        metrics = {}
+        for layer, snap in compare(self.teacher, self.student, self.pairs, self.probe).items():
+            metrics[f"diag/ot/{layer}"] = snap.ot
+            metrics[f"diag/cka/{layer}"] = snap.cka
+            matchings = self.matchings[layer]
+            if matchings:
+                metrics[f"diag/stability/{layer}"] = matching_stability(matchings[-1],
                                                                         snap.matching)
-            history.append(snap.matching)
+            matchings.append(snap.matching)
+            self.values.setdefault(f"entropy/{layer}", []).append(snap.entropy)
+            if snap.identity is not None:
+                self.values.setdefault(f"identity/{layer}", []).append(snap.identity)
             self.first_plans.setdefault(layer, snap.plan)
             self.last_plans[layer] = snap.plan
         self.epochs.append(epoch)
@@ -153,12 +186,16 @@ class DiagnosticsRecorder:
         return metrics
 
     def save(self, path: Path) -> Path:
-        """One compressed file: epochs, matchings (epochs × student neurons) per layer, and
-        the plans of the first and last recorded epochs (for heat maps)."""
+        """One compressed file: ``epochs``; per layer, one row per recorded epoch of
+        ``matching/<layer>`` (epochs × student neurons), ``entropy/<layer>`` and
+        ``identity/<layer>`` (equal widths), and ``plan_first/<layer>``, ``plan_last/<layer>``
+        (for heat maps)."""
         arrays: dict[str, np.ndarray] = {"epochs": np.asarray(self.epochs)}
-        for layer, history in self.matchings.items():
-            arrays[f"matching/{layer}"] = torch.stack(history).numpy()
-            arrays[f"plan_first/{layer}"] = self.first_plans[layer].numpy()
+        arrays.update({f"matching/{layer}": torch.stack(history).numpy()
+                       for layer, history in self.matchings.items()})
+        arrays.update({name: np.asarray(values) for name, values in self.values.items()})
+        for layer, plan in self.first_plans.items():
+            arrays[f"plan_first/{layer}"] = plan.numpy()
             arrays[f"plan_last/{layer}"] = self.last_plans[layer].numpy()
         np.savez_compressed(path, **arrays)
         return path

@@ -289,13 +289,16 @@ def flatten_neurons(features: Tensor) -> Tensor:
     return features.transpose(0, 1).reshape(features.shape[1], -1)
 
 
+def pool_to(features: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Adaptive-average-pool a ``(B, C, H, W)`` map to ``size``; a map of that size (or a
+    ``(B, C)`` one, for ``size == ()``) is returned as is."""
+    return features if features.shape[2:] == size else F.adaptive_avg_pool2d(features, size)
+
 
 def pool_to_smaller(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     """Adaptive-average-pool the larger of two ``(B, C, H, W)`` maps to the smaller size."""
-    if first.shape[2:] == second.shape[2:]:
-        return first, second
     size = tuple(min(a, b) for a, b in zip(first.shape[2:], second.shape[2:], strict=True))
-    return F.adaptive_avg_pool2d(first, size), F.adaptive_avg_pool2d(second, size)
+    return pool_to(first, size), pool_to(second, size)
 
 
 def pooled(features: Tensor) -> Tensor:

@@ -116,9 +116,14 @@ def normalize_neurons(neurons: Tensor, mode: str) -> Tensor:
     return centered / centered.std(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def cost_matrix(teacher: Tensor, student: Tensor, cost_scale: str = "mean") -> Tensor:
-    """Squared distances ``||T_i − S_j||²`` in one matrix product; divided by d for 'mean'."""
-    sq = (teacher.pow(2).sum(1, keepdim=True) + student.pow(2).sum(1).unsqueeze(0)
+def cost_matrix(teacher: Tensor, student: Tensor, cost_scale: str = "mean",
+                teacher_norms: Tensor | None = None) -> Tensor:
+    """Squared distances ``||T_i − S_j||²`` in one matrix product; divided by d for 'mean'.
+    ``teacher_norms``: the ``(n_t, 1)`` squared norms of the teacher's rows, when a fixed
+    teacher side has them already."""
+    if teacher_norms is None:
+        teacher_norms = teacher.pow(2).sum(1, keepdim=True)
+    sq = (teacher_norms + student.pow(2).sum(1).unsqueeze(0)
           - 2.0 * teacher @ student.t()).clamp_min(0.0)
     return sq / teacher.shape[1] if cost_scale == "mean" else sq
 

@@ -41,6 +41,7 @@ STYLE: dict[str, Any] = {
     "grid.alpha": 0.3, "grid.linewidth": 0.5, "legend.frameon": False,
     "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType: text stays text in the PDF
     "savefig.dpi": 200, "savefig.pad_inches": 0.02,
+    "figure.autolayout": False, "figure.constrained_layout.use": False,  # layouts set per figure
 }
 
 #: Fixed colors of known methods (the paper's in red, the plain baseline gray).
@@ -87,8 +88,9 @@ def save_figure(fig: Figure, folder: Path, stem: str) -> list[Path]:
     paths = figure_paths(folder, stem)
     with paper_style():
         fig.savefig(paths[0])
-        # The PNG's draw laid the figure out; the PDF (same size and fonts) reuses that.
-        fig.set_layout_engine("none")
+        # The PNG's draw laid the figure out; the PDF (same size and fonts) reuses that. No
+        # engine at all (not "none", a placeholder) also spares the PDF a layout draw pass.
+        fig.set_layout_engine(None)
         fig.savefig(paths[1], metadata={"CreationDate": None})
     return paths
 

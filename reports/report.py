@@ -239,7 +239,7 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
     save(f"{plots._metric_label(opts)} vs. final OT distance to the teacher at each run's "
          "deepest diagnosed layer, one point per final run",
          representation.accuracy_vs_distance(points, table), "diag_accuracy_vs_distance")
-    correlations = representation.distance_correlations(final, table)
+    correlations = representation.distance_correlations(points, table)
     if csv:
         points.to_csv(out / DIAG_CSV, index=False)
     sentences = representation.summary_sentences(correlations, table)

@@ -1,10 +1,10 @@
 """Representation diagnostics of the final runs (issue #9): how close each student ends to its
 teacher, how its neuron matching settles, and whether that tracks test accuracy.
 
-Every training run logs, per layer pair keyed by the student layer, ``diag/ot/<layer>``,
-``diag/cka/<layer>``, ``diag/entropy/<layer>`` (and ``diag/identity/<layer>``) at steps 0..E,
-``diag/stability/<layer>`` at steps 1..E, and a ``diagnostics.npz`` artifact with the
-matchings and the transport plans of the first and last recorded epoch
+Every training run logs, per layer pair keyed by the student layer, ``diag/ot/<layer>`` and
+``diag/cka/<layer>`` at steps 0..E, ``diag/stability/<layer>`` at steps 1..E, and a
+``diagnostics.npz`` artifact with the matchings, entropies and identity distances of every
+recorded epoch and the transport plans of the first and last
 (:mod:`otbench.benchmark.diagnostics`). This module turns them into figures and a paragraph
 whose every statement is computed from those numbers.
 """
@@ -79,29 +79,42 @@ def history_keys(layers: Iterable[str]) -> list[str]:
 
 def final_distances(final: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
     """One row per final run with diagnostics: its deepest logged layer, the last OT distance
-    and CKA there, and its ``metric``."""
-    rows = []
-    for _, run in final.iterrows():
-        layers = logged_layers(final.loc[[run.name]])
-        if not layers:
-            continue
-        deepest = layers[-1]
-        rows.append({"run_id": run.run_id, "scenario": run.scenario, "entry": run.entry,
-                     "task": run.task, "method": run.method, "seed": run.seed,
-                     "layer": deepest,
-                     "distance": float(run[f"{DIAG_PREFIX}ot/{deepest}"]),
-                     "cka": float(run.get(f"{DIAG_PREFIX}cka/{deepest}", np.nan)),
-                     metric: float(run[metric]) if metric in run else np.nan})
-    return pd.DataFrame(rows, columns=["run_id", "scenario", "entry", "task", "method", "seed",
-                                       "layer", "distance", "cka", metric])
+    and CKA there, and its ``metric``. Runs are taken by their ``layer_pairs`` (few distinct
+    values), which fix the order of their layers."""
+    columns = ["run_id", "scenario", "entry", "task", "method", "seed", "layer", "distance",
+               "cka", metric]
+    pairs = CONFIG_PREFIX + "layer_pairs"
+    groups = (final.groupby(pairs, dropna=False, sort=False) if pairs in final
+              else [(None, final)])
+    parts = [_deepest_values(runs, layers, metric) for _, runs in groups
+             if (layers := logged_layers(runs))]
+    return (pd.concat(parts, ignore_index=True)[columns] if parts
+            else pd.DataFrame(columns=columns))
 
 
-def distance_correlations(final: pd.DataFrame, table: ResultTable) -> pd.DataFrame:
+def _deepest_values(runs: pd.DataFrame, layers: list[str], metric: str) -> pd.DataFrame:
+    """For each of ``runs`` with an OT distance at any of ``layers`` (shallow to deep), the
+    last such layer and its values."""
+    distances = runs[[f"{DIAG_PREFIX}ot/{layer}" for layer in layers]].to_numpy(float)
+    logged = ~np.isnan(distances)
+    deepest = len(layers) - 1 - np.argmax(logged[:, ::-1], axis=1)
+    chosen = logged.any(axis=1)
+    rows, index = np.flatnonzero(chosen), deepest[chosen]
+    cka = runs.reindex(columns=[f"{DIAG_PREFIX}cka/{layer}" for layer in layers])
+    out = runs.iloc[rows][["run_id", "scenario", "entry", "task", "method", "seed"]].copy()
+    out["layer"] = np.asarray(layers, dtype=object)[index]
+    out["distance"] = distances[rows, index]
+    out["cka"] = cka.to_numpy(float)[rows, index]
+    out[metric] = runs.iloc[rows][metric].astype(float) if metric in runs else np.nan
+    return out
+
+
+def distance_correlations(points: pd.DataFrame, table: ResultTable) -> pd.DataFrame:
     """Per result column: Spearman's ρ (and its p-value, n) between final distance and the
-    table's metric over the column's runs, and the methods ending closest to and farthest from
-    the teacher (lowest and highest mean final distance)."""
+    table's metric over the column's runs (``points``: :func:`final_distances`), and the
+    methods ending closest to and farthest from the teacher (lowest and highest mean final
+    distance)."""
     metric = table.options.metric
-    points = final_distances(final, metric)
     rows = []
     for column in table.columns:
         chosen = points[in_column(points, column)].dropna(subset=["distance", metric])
@@ -178,7 +191,9 @@ def _method_curves(ax: Any, per_step: pd.DataFrame, key: str, table: ResultTable
         curve = rows.xs(method, level="method")
         _band(ax, curve.index.to_numpy(), curve["mean"].to_numpy(), curve["std"].to_numpy(),
               method_color(method), opts.method_label(method))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # Few ticks: a grid of small panels reads better, and tick labels are most of its drawing.
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
 
 
 @styled

@@ -10,12 +10,12 @@ import torch
 from mlflow import MlflowClient
 
 from otbench.benchmark.config import resolve_run_config
-from otbench.benchmark.diagnostics import TeacherProbe, compare, layer_snapshot
+from otbench.benchmark.diagnostics import TeacherLayer, TeacherProbe, compare, layer_snapshot
 from otbench.benchmark.models import build_model, default_layer_pairs, get_model_spec
 from otbench.benchmark.runner import execute_run
 from otbench.benchmark.tracking import default_tracking_uri
 from otbench.methods import LayerPair, ot_distance
-from otbench.methods.similarity import centered_gram, linear_cka
+from otbench.methods.similarity import linear_cka
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EPOCHS = 3
@@ -35,8 +35,18 @@ def test_the_snapshot_equals_the_functions_on_the_same_tensors() -> None:
     assert snap.ot == pytest.approx(ot_distance(t, s).item(), rel=1e-6)
     assert snap.cka == pytest.approx(linear_cka(t, s).item(), rel=1e-6)
     assert snap.identity is None and snap.matching.shape == (5,)
-    cached = layer_snapshot(t, s, teacher_gram=centered_gram(t))  # a run's cached teacher side
-    assert cached.cka == pytest.approx(snap.cka, rel=1e-6) and cached.ot == snap.ot
+    teacher = TeacherLayer.of(t)  # a run's cached teacher side, used twice
+    for cached in (layer_snapshot(teacher, s), layer_snapshot(teacher, s)):
+        assert (cached.cka, cached.ot, cached.entropy) == (snap.cka, snap.ot, snap.entropy)
+
+
+def test_a_cached_teacher_side_pools_the_larger_map_like_ot_distance() -> None:
+    g = torch.Generator().manual_seed(1)
+    teacher = TeacherLayer.of(torch.randn(12, 6, 4, 4, generator=g))
+    for student in (torch.randn(12, 3, 2, 2, generator=g), torch.randn(12, 3, 8, 8, generator=g),
+                    torch.randn(12, 3, 2, 2, generator=g)):
+        snap = layer_snapshot(teacher, student)
+        assert snap.ot == pytest.approx(ot_distance(teacher.features, student).item(), rel=1e-6)
 
 
 def test_a_cached_teacher_probe_gives_the_same_snapshots_as_the_teacher_itself() -> None:
@@ -62,7 +72,8 @@ def test_every_epoch_logs_diagnostics_and_the_matchings_artifact(tmp_path, metho
     metrics = client.get_run(result.run_id).data.metrics
     layers = sorted(k.removeprefix("diag/ot/") for k in metrics if k.startswith("diag/ot/"))
     assert layers == ["stage1", "stage2", "stage3"]
-    for quantity in ("ot", "cka", "entropy", "stability"):
+    assert not any(k.startswith(("diag/entropy", "diag/identity")) for k in metrics)
+    for quantity in ("ot", "cka", "stability"):
         history = client.get_metric_history(result.run_id, f"diag/{quantity}/stage3")
         first = 1 if quantity == "stability" else 0  # stability compares with the epoch before
         assert sorted(m.step for m in history) == list(range(first, EPOCHS + 1)), quantity
@@ -74,6 +85,9 @@ def test_every_epoch_logs_diagnostics_and_the_matchings_artifact(tmp_path, metho
     assert arrays["epochs"].tolist() == list(range(EPOCHS + 1))
     assert arrays["matching/stage3"].shape[0] == EPOCHS + 1
     assert arrays["plan_first/stage3"].sum() == pytest.approx(1.0, abs=1e-5)
+    entropy = arrays["entropy/stage3"]  # cnn-l -> cnn-s: unequal widths, no identity distance
+    assert entropy.shape == (EPOCHS + 1,) and (entropy >= 0).all()
+    assert "identity/stage3" not in arrays.files
 
 
 def test_diagnostics_do_not_change_training(tmp_path) -> None:

@@ -81,7 +81,6 @@ def log_run(uri: str, artifacts: Path, experiment: str, scenario: str, task: str
                     distance = ot_history(final, layer)[step]
                     metrics[f"diag/ot/{layer}"] = distance
                     metrics[f"diag/cka/{layer}"] = 1 - distance
-                    metrics[f"diag/entropy/{layer}"] = 1.0
                     if step:
                         metrics[f"diag/stability/{layer}"] = 0.5 / step
             run.log_metrics(metrics, step=step)
@@ -143,9 +142,29 @@ def test_final_distance_is_last_ot_of_deepest_layer(setup) -> None:
     assert got == pytest.approx(expected)
 
 
+def test_each_run_gets_its_own_deepest_logged_layer() -> None:
+    """Runs of two architectures (their own layer orders), one run missing its deepest
+    value, one without diagnostics."""
+    nan = float("nan")
+    final = pd.DataFrame({
+        "run_id": ["a", "b", "c", "d"], "scenario": "s", "entry": "s", "task": "t",
+        "method": ["ot", "kd", "ot", "kd"], "seed": [0, 0, 1, 1],
+        "config.layer_pairs": [PAIRS, PAIRS, "[[l4, layer4]]", PAIRS],
+        "diag/ot/features.3": [1.0, 3.0, nan, nan], "diag/ot/features.10": [2.0, nan, nan, nan],
+        "diag/ot/layer4": [nan, nan, 5.0, nan],
+        "diag/cka/features.3": [0.1, 0.3, nan, nan], "diag/cka/features.10": [0.2, nan, nan, nan],
+        "diag/cka/layer4": [nan, nan, 0.5, nan], "test/acc": [0.9, 0.8, 0.7, 0.6]})
+    points = final_distances(final).set_index("run_id")
+    assert list(points.index) == ["a", "b", "c"]
+    assert list(points.layer) == ["features.10", "features.3", "layer4"]
+    assert list(points.distance) == [2.0, 3.0, 5.0]
+    assert list(points.cka) == [0.2, 0.3, 0.5]
+    assert list(points["test/acc"]) == [0.9, 0.8, 0.7]
+
+
 def test_paragraph_correlation_equals_scipy(setup) -> None:
     _, final, table = setup
-    correlations = distance_correlations(final, table).set_index("task")
+    correlations = distance_correlations(final_distances(final), table).set_index("task")
     values = RUNS[("transfer", TASK_A, "ot")] + RUNS[("transfer", TASK_A, "finetune")]
     expected = stats.spearmanr([d for _, d in values], [t for t, _ in values])
     row = correlations.loc[TASK_A]
