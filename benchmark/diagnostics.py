@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from otbench.methods import LayerPair
-from otbench.methods.base import flatten_neurons, pool_to
+from otbench.methods.base import pool_to
 from otbench.methods.ot import (
     OTSettings,
     cost_matrix,
+    layer_neurons,
     match_spatial,
-    normalize_neurons,
     transport_plan,
 )
 from otbench.methods.similarity import (
@@ -88,13 +88,12 @@ class TeacherLayer:
         key = (tuple(student.shape[1:]), settings.spatial, settings.normalize)
         if key not in self._neurons:
             teacher, matched = match_spatial(self.features, student, settings.spatial)
-            neurons = normalize_neurons(flatten_neurons(teacher), settings.normalize)
+            neurons = layer_neurons(teacher, settings)
             self._neurons[key] = (neurons, neurons.pow(2).sum(1, keepdim=True),
                                   tuple(matched.shape[2:]))
         neurons, norms, size = self._neurons[key]
-        student_neurons = normalize_neurons(flatten_neurons(pool_to(student, size)),
-                                            settings.normalize)
-        return cost_matrix(neurons, student_neurons, settings.cost_scale, norms)
+        return cost_matrix(neurons, layer_neurons(pool_to(student, size), settings),
+                           settings.cost_scale, norms)
 
 
 @dataclass(frozen=True)

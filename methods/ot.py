@@ -263,13 +263,18 @@ def plan_cost(plan: Tensor, teacher: Tensor, student: Tensor, cost_scale: str = 
     return total / teacher.shape[1] if cost_scale == "mean" else total
 
 
+def layer_neurons(features: Tensor, settings: OTSettings) -> Tensor:
+    """One layer's neurons, ``(n, d)``, normalized as ``settings`` say (spatial sizes already
+    matched)."""
+    return normalize_neurons(flatten_neurons(features), settings.normalize)
+
+
 def neuron_pair(teacher_features: Tensor, student_features: Tensor, settings: OTSettings,
                 where: str = "") -> tuple[Tensor, Tensor]:
     """The two layers' neurons, ``(n_t, d)`` and ``(n_s, d)``, on one spatial size and
     normalized as ``settings`` say."""
     teacher, student = match_spatial(teacher_features, student_features, settings.spatial, where)
-    return (normalize_neurons(flatten_neurons(teacher), settings.normalize),
-            normalize_neurons(flatten_neurons(student), settings.normalize))
+    return layer_neurons(teacher, settings), layer_neurons(student, settings)
 
 
 def neuron_costs(teacher_features: Tensor, student_features: Tensor,
