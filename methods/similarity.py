@@ -34,11 +34,16 @@ def centered_gram(features: Tensor) -> Tensor:
     return _center(_gram(features))
 
 
-def cka_of_grams(k: Tensor, l_: Tensor) -> Tensor:
-    """Linear CKA from two centered Gram matrices over the same examples."""
+def _check_same_examples(k: Tensor, l_: Tensor) -> None:
+    """Both Gram matrices are over one batch of examples, or CKA means nothing."""
     if k.shape != l_.shape:
         raise ConfigError(f"CKA needs the same examples on both sides, got batches of "
                           f"{k.shape[0]} and {l_.shape[0]}")
+
+
+def cka_of_grams(k: Tensor, l_: Tensor) -> Tensor:
+    """Linear CKA from two centered Gram matrices over the same examples."""
+    _check_same_examples(k, l_)
     return (k * l_).sum() / ((k * k).sum().sqrt() * (l_ * l_).sum().sqrt()).clamp_min(1e-12)
 
 
@@ -48,9 +53,6 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     ``tr(K_c L_c) / sqrt(tr(K_c K_c) tr(L_c L_c))`` with Gram matrices of centered features,
     invariant to orthogonal transforms and isotropic scaling of either side.
     """
-    if x.shape[0] != y.shape[0]:
-        raise ConfigError(f"CKA needs the same examples on both sides, got batches of "
-                          f"{x.shape[0]} and {y.shape[0]}")
     return cka_of_grams(centered_gram(x), centered_gram(y))
 
 
@@ -71,6 +73,7 @@ def unbiased_hsic(k: Tensor, l_: Tensor) -> Tensor:
 def unbiased_cka(x: Tensor, y: Tensor) -> Tensor:
     """CKA from the unbiased HSIC: less biased upward for small batches (needs B > 3)."""
     k, l_ = _gram(x), _gram(y)
+    _check_same_examples(k, l_)
     denominator = (unbiased_hsic(k, k) * unbiased_hsic(l_, l_)).clamp_min(1e-24).sqrt()
     return unbiased_hsic(k, l_) / denominator
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from otbench.errors import ConfigError
 from otbench.methods import ot_distance
 from otbench.methods.similarity import (
     column_entropy,
@@ -87,3 +88,10 @@ def test_matching_stability_and_entropy_on_hand_made_plans() -> None:
     assert matching_stability(same, same.clone()) == 0.0
     assert matching_stability(same, torch.tensor([1, 2, 3])) == 1.0
     assert matching_stability(same, torch.tensor([3, 2, 2])) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("cka", [linear_cka, unbiased_cka])
+def test_cka_of_batches_of_different_examples_is_refused(cka) -> None:
+    x, y = torch.randn(6, 3), torch.randn(5, 3)
+    with pytest.raises(ConfigError, match="same examples on both sides, got batches of 6 and 5"):
+        cka(x, y)
