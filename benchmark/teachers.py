@@ -149,7 +149,13 @@ def _train(request: TeacherRequest, task: TaskData, device: torch.device, result
     model = build_model(cfg.model, task.num_classes, task.in_channels).to(device)
     method = get_method("finetune")(TransferContext(teacher=model, student=model, pairs=()))
     tags = tracking.standard_tags("teacher", scenario="source", task=str(request.task),
-                                  method="finetune", seed=cfg.seed, model=cfg.model)
+                                  method="finetune", seed=cfg.seed, model=cfg.model,
+                                  teacher_cache=str(path))
+    # Only the holder of this cache's lock trains it: a run still RUNNING for it lost its
+    # process (killed outright, no chance to close it).
+    tracking.end_orphaned_runs(tracking_uri, experiment, {"teacher_cache": str(path)},
+                               "its process died while training this teacher; found by the "
+                               "next process to train it")
     with tracking.mlflow_run(tracking_uri, experiment, run_name=f"teacher {cfg.model} "
                              f"{request.task}", tags=tags,
                              artifact_root=Path(results_dir) / "artifacts") as run:
@@ -161,7 +167,6 @@ def _train(request: TeacherRequest, task: TaskData, device: torch.device, result
                    progress=progress, description=f"teacher {cfg.model}")
         val_acc, test_acc = accuracy(model, task.val, task), accuracy(model, task.test, task)
         run.log_metrics({"val/acc_final": val_acc, "test/acc": test_acc})
-        run.set_tags({"teacher_cache": str(path)})
     return {"key": request.key(), "state_dict": {k: v.cpu() for k, v in
                                                  model.state_dict().items()},
             "num_classes": task.num_classes, "in_channels": task.in_channels,

@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 import otbench
+from otbench.errors import ConfigError
 
 
 class RunStopped(Exception):
@@ -77,6 +78,21 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = 
         if found is None:
             raise
         return found.experiment_id
+
+
+def tags_where(tags: Mapping[str, Any]) -> str:
+    """An MLflow filter string matching exact tag values (``""`` for none)."""
+    return " and ".join(f"tags.`{key}` = {_quoted(str(value))}"
+                        for key, value in sorted(tags.items()))
+
+
+def _quoted(value: str) -> str:
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ConfigError(f"cannot search MLflow for a tag value holding both quote kinds: "
+                      f"{value!r}; rename it")
 
 
 @cache
@@ -210,7 +226,7 @@ def ensure_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mappi
     twin. Concurrent creators converge: each keeps the oldest match and deletes its own."""
     client = client_for(tracking_uri)
     exp = experiment_id(client, experiment, artifact_root)
-    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in key.items())
+    where = tags_where(key)
 
     def oldest() -> str | None:
         runs = client.search_runs([exp], where, max_results=1,
@@ -243,3 +259,17 @@ def end_orphaned_run(tracking_uri: str, run_id: str, reason: str) -> bool:
     client.set_tag(run_id, "stopped_reason", reason[:5000])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
     return True
+
+
+def end_orphaned_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str],
+                      reason: str) -> list[str]:
+    """Close every RUNNING run of ``experiment`` carrying ``tags`` (see
+    :func:`end_orphaned_run`); for callers that know no live process owns such a run (e.g. it
+    holds the lock those runs were made under). Returns the ids closed."""
+    client = client_for(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    where = f"attributes.status = 'RUNNING' and {tags_where(tags)}"
+    runs = client.search_runs([found.experiment_id], where, max_results=1000)
+    return [r.info.run_id for r in runs if end_orphaned_run(tracking_uri, r.info.run_id, reason)]

@@ -20,6 +20,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run, ViewType
 
+from otbench.benchmark.tracking import tags_where
 from otbench.errors import closest
 
 from .errors import ReportError, UnknownExperimentError
@@ -102,16 +103,7 @@ def tag_filter(stage: str | None, tags: Mapping[str, str] | None) -> str:
     wanted = dict(tags or {})
     if stage is not None:
         wanted["stage"] = stage
-    return " and ".join(f"tags.`{key}` = {_quote(str(value))}"
-                        for key, value in sorted(wanted.items()))
-
-
-def _quote(value: str) -> str:
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ReportError(f"cannot filter on a tag value holding both quote kinds: {value!r}")
+    return tags_where(wanted)
 
 
 def iter_runs(client: MlflowClient, experiment_id: str, filter_string: str = "",

@@ -10,10 +10,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from otbench.benchmark import cli
+from otbench.benchmark import cli, tracking
 from otbench.benchmark.config import resolve_run_config
-from otbench.benchmark.runner import execute_run
-from otbench.benchmark.teachers import TeacherCacheError
+from otbench.benchmark.runner import execute_run, plan_run
+from otbench.benchmark.teachers import TeacherCacheError, cache_path
 from otbench.benchmark.tracking import default_tracking_uri
 from otbench.benchmark.train import NonFiniteLossError
 
@@ -76,6 +76,22 @@ def test_teachers_are_trained_once_and_reused(results) -> None:
     # one teacher on digits 0-4 (transfer and cross share it), one on all digits (distill)
     assert sorted(r.data.tags["task"] for r in teacher_runs) == ["digits", "digits:0-4"]
     assert len(list((results / "teachers").glob("*.pt"))) == 2
+
+
+def test_a_teacher_run_left_running_by_a_dead_process_is_closed_on_retraining(tmp_path) -> None:
+    cfg = config("cross", tmp_path, "method=ot")
+    path = cache_path(plan_run(cfg).teacher_request, tmp_path)
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    experiment = tracking.experiment_id(client, "otbench")
+    dead = client.create_run(experiment, tags={"stage": "teacher",
+                                               "teacher_cache": str(path)}).info.run_id
+    other = client.create_run(experiment, tags={"stage": "teacher",
+                                                "teacher_cache": str(path) + "x"}).info.run_id
+    execute_run(cfg, progress=False)
+    status = {r.info.run_id: r.info.status for r in runs(tmp_path, "teacher")}
+    assert status.pop(dead) == "KILLED" and status.pop(other) == "RUNNING"
+    assert list(status.values()) == ["FINISHED"]  # the teacher trained now
+    assert "process died" in client.get_run(dead).data.tags["stopped_reason"]
 
 
 def test_training_is_reproducible_for_a_seed(tmp_path) -> None:

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from otbench.benchmark import tracking
 from otbench.benchmark.tracking import RunLogger, RunStopped, mlflow_run
+from otbench.errors import ConfigError
 
 
 def uri_in(tmp_path: Path) -> str:
@@ -66,3 +67,14 @@ def test_a_logger_without_interval_writes_at_once_in_batches_mlflow_accepts(tmp_
     RunLogger(client, run_id).log_metrics(many, step=4)
     logged = client.get_run(run_id).data.metrics
     assert len(logged) == len(many) and logged["m1004"] == 1004.0
+
+
+def test_tag_filters_find_values_with_quotes_and_refuse_both_kinds(tmp_path) -> None:
+    client = tracking.client_for(uri_in(tmp_path))
+    experiment = tracking.experiment_id(client, "e")
+    wanted = client.create_run(experiment, tags={"path": "/data/o'brien"}).info.run_id
+    client.create_run(experiment, tags={"path": "/data/obrien"})
+    found = client.search_runs([experiment], tracking.tags_where({"path": "/data/o'brien"}))
+    assert [r.info.run_id for r in found] == [wanted]
+    with pytest.raises(ConfigError, match="both quote kinds"):
+        tracking.tags_where({"path": "a'b\"c"})
