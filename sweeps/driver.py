@@ -10,10 +10,11 @@ studies: each machine does this setup (idempotent) and runs its own workers.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ def run_workers(job: WorkerJob) -> int:
         run_worker(job)
         return 0
     context = multiprocessing.get_context("spawn")  # no forked torch/SQLite state
+    job = replace(job, parent_pid=os.getpid())
     processes = [context.Process(target=worker_process, args=(job,),
                                  name=f"otbench-worker-{i}") for i in range(job.workers)]
     for process in processes:

@@ -10,6 +10,7 @@ heartbeats, so a trial whose worker died is retried here.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class WorkerJob:
     progress: bool = False
     verbose: bool = True
     workers: int = 1  # local workers on this machine, which share its cores
+    parent_pid: int | None = None  # a spawned worker's sweep process (see parent_gone)
 
 
 def run_worker(job: WorkerJob) -> None:
@@ -54,10 +56,21 @@ def run_worker(job: WorkerJob) -> None:
                        open_study(storage, final.study_name(spec.name), None),
                        job.parent_runs[spec.name]) for spec in suite.studies]
     while (step := next_step(worker, works)) is not State.DONE:
+        if parent_gone(job):
+            print(f"otbench worker {os.getpid()}: its sweep process ended; stopping",
+                  file=sys.stderr)
+            return
         if step is State.BUSY:
             time.sleep(min(suite.heartbeat.interval_s, 5))
         else:
             step()
+
+
+def parent_gone(job: WorkerJob) -> bool:
+    """Whether a spawned worker's sweep process died (killed outright, no chance to stop its
+    workers): the worker is then re-parented. It stops before its next piece of work rather
+    than carry on with a sweep nobody will report; rerunning the sweep resumes it."""
+    return job.parent_pid is not None and os.getppid() != job.parent_pid
 
 
 def next_step(worker: Worker, works: list[StudyWork]) -> Callable[[], None] | State:

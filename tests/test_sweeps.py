@@ -347,6 +347,54 @@ def test_killed_sweep_resumes_without_losing_or_repeating_work(tmp_path) -> None
     assert_nothing_running(results)
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_stop_when_their_sweep_process_is_killed(tmp_path) -> None:
+    suite = write_suite(tmp_path, defaults={"train": {"epochs": 40}},
+                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot"]}],
+                        budget={"trials": 8})
+    results = tmp_path / "results"
+    sweep = subprocess.Popen(sweep_command(suite, results, "--workers", "2"),
+                             env=subprocess_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        wait_for_running_trial(results / "optuna.db", sweep)
+        workers = spawned_children(sweep.pid)
+    finally:
+        sweep.kill()  # SIGKILL: the sweep cannot stop its workers itself
+        sweep.wait()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 120
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(running, workers))
+    # Each finished the trial it was running, then stopped: not the rest of the sweep.
+    assert finished(results, OT) < 8
+    assert not by_stage(mlflow_runs(results), "final")
+
+
+def spawned_children(pid: int) -> list[int]:
+    """Processes ``pid`` started with multiprocessing's spawn (its workers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        if parent == pid and b"spawn_main" in command:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may never reap an orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def wait_for_running_trial(db: Path, process: subprocess.Popen, timeout: float = 120) -> int:
     """The number of the first trial that is RUNNING with an MLflow run (mid-training)."""
     query = ("select t.number from trials t join trial_user_attributes a using (trial_id) "
