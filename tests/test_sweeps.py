@@ -3,6 +3,7 @@ after a killed worker, failing trials and several workers on one SQLite storage.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sqlite3
@@ -38,7 +39,7 @@ from otbench.sweeps.studies import (
     overhead_seconds,
 )
 from otbench.sweeps.suite import bundled_suites, load_suite
-from otbench.sweeps.trials import State, StudyWork, Worker
+from otbench.sweeps.trials import State, StudyWork, Worker, run_one
 
 #: A suite small enough to run in seconds: cnn-s teacher and student, 2 epochs.
 TINY: dict[str, Any] = {
@@ -177,6 +178,27 @@ def test_unreachable_storage_is_a_clear_error(tmp_path, capsys) -> None:
 def test_unknown_suite_name_suggests_a_bundled_one(capsys) -> None:
     assert cli.main(["sweep", "quik", "--dry-run"]) == 2
     assert "Did you mean 'quick'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("gpu_in_use", "full_collections"), [(False, 0), (True, 1)])
+def test_a_full_garbage_collection_follows_a_trial_only_in_a_process_using_a_gpu(
+        monkeypatch, gpu_in_use, full_collections) -> None:
+    study = optuna.create_study()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: gpu_in_use)
+    generations: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    gc.collect()  # nothing pending: no automatic full collection during the trial
+    gc.callbacks.append(count)
+    try:
+        run_one(study, lambda trial: 1.0, on_done=lambda trial: None)
+    finally:
+        gc.callbacks.remove(count)
+    assert generations.count(2) == full_collections
+    assert study.trials[0].state == TrialState.COMPLETE
 
 
 def test_search_override_widens_and_makes_fixed_parameters_searched() -> None:
