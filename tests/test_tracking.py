@@ -21,6 +21,12 @@ def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def open_run(tmp_path: Path) -> tuple[MlflowClient, str]:
+    """A client and a new run of experiment ``e``, outside :func:`mlflow_run`."""
+    client = tracking.client_for(uri_in(tmp_path))
+    return client, client.create_run(tracking.experiment_id(client, "e")).info.run_id
+
+
 def only_run(client: MlflowClient):
     (run,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
     return run
@@ -47,10 +53,8 @@ def test_metrics_held_back_are_written_when_the_run_ends(tmp_path, monkeypatch, 
     assert steps_of(client, ended.info.run_id, "val/acc") == [0, 1, 2]
 
 
-def test_metrics_are_written_once_the_flush_interval_has_passed(tmp_path, monkeypatch) -> None:
-    uri = uri_in(tmp_path)
-    client = tracking.client_for(uri)
-    run_id = client.create_run(tracking.experiment_id(client, "e")).info.run_id
+def test_metrics_are_written_once_the_flush_interval_has_passed(tmp_path) -> None:
+    client, run_id = open_run(tmp_path)
     logger = RunLogger(client, run_id, flush_seconds=3600.0)
     logger.log_metrics({"a": 1.0}, step=0)
     assert steps_of(client, run_id, "a") == []
@@ -60,9 +64,7 @@ def test_metrics_are_written_once_the_flush_interval_has_passed(tmp_path, monkey
 
 
 def test_a_logger_without_interval_writes_at_once_in_batches_mlflow_accepts(tmp_path) -> None:
-    uri = uri_in(tmp_path)
-    client = tracking.client_for(uri)
-    run_id = client.create_run(tracking.experiment_id(client, "e")).info.run_id
+    client, run_id = open_run(tmp_path)
     many = {f"m{i}": float(i) for i in range(tracking.MAX_BATCH_METRICS + 5)}
     RunLogger(client, run_id).log_metrics(many, step=4)
     logged = client.get_run(run_id).data.metrics
