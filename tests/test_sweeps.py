@@ -398,23 +398,30 @@ def spawned_children(pid: int) -> list[int]:
     """Processes ``pid`` started with multiprocessing's spawn (its workers)."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        child = int(stat.parent.name)
+        fields = process_status(child)
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue  # ended meanwhile
-        if parent == pid and b"spawn_main" in command:
-            children.append(int(stat.parent.name))
+        if fields and int(fields[1]) == pid and b"spawn_main" in command:
+            children.append(child)
     return children
 
 
 def running(pid: int) -> bool:
     """Alive and not a zombie (a container's init may never reap an orphan)."""
+    fields = process_status(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def process_status(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent pid, ...);
+    none once the process is gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
-    return state != "Z"
+        return []
 
 
 def wait_for_running_trial(db: Path, process: subprocess.Popen, timeout: float = 120) -> int:
