@@ -249,7 +249,10 @@ def end_orphaned_run(tracking_uri: str, run_id: str, reason: str) -> bool:
     """Close a run whose process died while it was RUNNING: status KILLED, ``stopped_reason``
     tag. A run that already ended, or that lives in another tracking store (a worker with
     its own ``--tracking-uri``), is left as it is; returns whether this call closed it."""
-    client = client_for(tracking_uri)
+    return _kill_if_running(client_for(tracking_uri), run_id, reason)
+
+
+def _kill_if_running(client: MlflowClient, run_id: str, reason: str) -> bool:
     try:
         status = client.get_run(run_id).info.status
     except MlflowException:
@@ -272,4 +275,4 @@ def end_orphaned_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str
         return []
     where = f"attributes.status = 'RUNNING' and {tags_where(tags)}"
     runs = client.search_runs([found.experiment_id], where, max_results=1000)
-    return [r.info.run_id for r in runs if end_orphaned_run(tracking_uri, r.info.run_id, reason)]
+    return [r.info.run_id for r in runs if _kill_if_running(client, r.info.run_id, reason)]
