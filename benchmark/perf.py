@@ -1,4 +1,5 @@
-"""``otbench perf``: what the OT regularizer, each method and the data path cost per step.
+"""``otbench perf``: what the OT regularizer, each method, the data path and the per-epoch
+representation diagnostics cost, measured against a training step.
 
 Timings on a shared machine are noisy, so every number here is a median of repeated samples,
 the variants being compared run interleaved in one process (each round visits them in a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import platform
@@ -39,8 +41,9 @@ from otbench.methods import (
 )
 from otbench.methods.ot import EMD_MAX_ITER, OTSettings, neuron_costs
 
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .data import BatchIterator, TaskData, TaskSpec, load_task, make_normalizer
+from .diagnostics import DiagnosticsRecorder
 from .models import (
     build_model,
     default_layer_pairs,
@@ -391,6 +394,28 @@ def _bare_epoch(model: nn.Module, batches: list[tuple[Tensor, Tensor]],
     return timed(work, batches[0][0].device, len(batches))
 
 
+# ------------------------------------------------------- (e) representation diagnostics
+
+
+def diagnostics_rows(opts: PerfOptions, setup: PairSetup) -> list[dict[str, Any]]:
+    """One epoch's diagnostics (every layer pair, on a probe of the runs' default size) in
+    fine-tuning steps: with diagnostics on, an epoch of N steps costs about ratio / N more."""
+    probe_size = RunConfig.model_fields["probe_size"].default
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(probe_size, *setup.x.shape[1:], generator=generator).to(setup.x.device)
+    recorder = DiagnosticsRecorder(setup.teacher, copy.deepcopy(setup.student), setup.pairs,
+                                   probe)
+    epochs = itertools.count()
+    samples = measure({"finetune": step_variant(setup, get_method("finetune"), {}),
+                       "diagnostics": timed(lambda: recorder.record(next(epochs)),
+                                            setup.x.device)},
+                      opts.repeats, opts.warmup)
+    step_ms, record_ms = median_ms(samples["finetune"]), median_ms(samples["diagnostics"])
+    return [{"pair": setup.spec.label, "probe": probe_size, "layers": len(setup.pairs),
+             "step_ms": step_ms, "diagnostics_ms": record_ms,
+             "ratio_to_step": record_ms / step_ms}]
+
+
 # ------------------------------------------------------------------------- reporting
 
 
@@ -406,7 +431,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def run_perf(opts: PerfOptions) -> dict[str, Any]:
-    """All four sections; the result is what ``--json`` writes."""
+    """All five sections; the result is what ``--json`` writes."""
     setups = [build_pair(PAIRS[name], opts.device) for name in opts.pairs]
     return {
         "machine": machine_info(opts.device),
@@ -417,6 +442,7 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
         "methods": [row for setup in setups for row in method_rows(opts, setup)],
         "plan_reuse": [row for setup in setups for row in plan_reuse_rows(opts, setup)],
         "data_path": data_path_rows(opts),
+        "diagnostics": [row for setup in setups for row in diagnostics_rows(opts, setup)],
     }
 
 
@@ -457,13 +483,17 @@ def format_report(result: Mapping[str, Any]) -> str:
         format_table("(d) OT plan reuse: plans solved every k steps", result["plan_reuse"],
                      ("pair", "method", "plan_every", "median_ms", "ratio_to_finetune",
                       "ratio_to_features_only")),
+        format_table("(e) representation diagnostics of one epoch (ratio: in fine-tuning "
+                     "steps)", result["diagnostics"],
+                     ("pair", "probe", "layers", "step_ms", "diagnostics_ms", "ratio_to_step")),
     ]
     return "\n\n".join(parts)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     """Register ``perf`` on the ``otbench`` command's subparsers."""
-    help_text = "micro-benchmarks: OT per layer, step cost of each method, data path"
+    help_text = ("micro-benchmarks: OT per layer, step cost of each method, data path, "
+                 "representation diagnostics")
     parser = sub.add_parser("perf", help=help_text, description=help_text)
     parser.set_defaults(handler=cmd_perf)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

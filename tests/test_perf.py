@@ -14,6 +14,8 @@ from scipy.spatial.distance import cdist
 
 from otbench.benchmark import perf
 from otbench.benchmark.cli import main
+from otbench.benchmark.config import RunConfig
+from otbench.benchmark.diagnostics import DiagnosticsRecorder
 from otbench.errors import ConfigError
 from otbench.methods import LayerPair, StepOutputs, TransferContext, get_method, ot_distance
 from otbench.methods import ot as ot_module
@@ -217,6 +219,24 @@ def test_measure_interleaves_variants_in_rotating_order() -> None:
     assert samples == {"a": [1.0] * 3, "b": [1.0] * 3, "c": [1.0] * 3}
 
 
+def test_diagnostics_section_times_one_record_per_sample_on_a_default_size_probe(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded: list[tuple[int, int]] = []
+
+    class Counting(DiagnosticsRecorder):
+        def record(self, epoch: int) -> dict[str, float]:
+            recorded.append((epoch, self.probe.shape[0]))
+            return super().record(epoch)
+
+    monkeypatch.setattr(perf, "DiagnosticsRecorder", Counting)
+    opts = perf.PerfOptions.build("cpu", 2, quick=True)
+    (row,) = perf.diagnostics_rows(opts, perf.build_pair(perf.PAIRS["cnn"], opts.device))
+    probe = RunConfig.model_fields["probe_size"].default
+    # One warm-up call, then one record per sample, epochs counting up as in a run.
+    assert recorded == [(0, probe), (1, probe), (2, probe)]
+    assert row["probe"] == probe and row["diagnostics_ms"] > 0 and row["step_ms"] > 0
+
+
 def test_quick_perf_run_writes_json_with_ratios_of_medians(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "perf.json"
@@ -226,8 +246,8 @@ def test_quick_perf_run_writes_json_with_ratios_of_medians(
     assert time.perf_counter() - start < 60
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    assert {"machine", "settings", "ot_layers", "methods", "plan_reuse", "data_path"} <= set(
-        result)
+    assert {"machine", "settings", "ot_layers", "methods", "plan_reuse", "data_path",
+            "diagnostics"} <= set(result)
     assert {"cpu_count", "torch", "device"} <= set(result["machine"])
     assert result["machine"]["torch"] == torch.__version__
 
@@ -253,3 +273,9 @@ def test_quick_perf_run_writes_json_with_ratios_of_medians(
     for row in result["data_path"]:
         assert row["ratio"] == row["loop_ms"] / row["bare_ms"]
         assert f"{row['ratio']:.3f}" in printed
+
+    (diagnostics,) = result["diagnostics"]  # --quick: the digits pair only
+    assert diagnostics["probe"] == RunConfig.model_fields["probe_size"].default
+    assert diagnostics["layers"] == 3
+    assert diagnostics["ratio_to_step"] == diagnostics["diagnostics_ms"] / diagnostics["step_ms"]
+    assert f"{diagnostics['ratio_to_step']:.3f}" in printed
