@@ -39,7 +39,7 @@ from otbench.sweeps.studies import (
     overhead_seconds,
 )
 from otbench.sweeps.suite import bundled_suites, load_suite
-from otbench.sweeps.trials import State, StudyWork, Worker, run_one
+from otbench.sweeps.trials import State, StudyWork, TrialTakenOverWarning, Worker, run_one
 
 #: A suite small enough to run in seconds: cnn-s teacher and student, 2 epochs.
 TINY: dict[str, Any] = {
@@ -199,6 +199,48 @@ def test_a_full_garbage_collection_follows_a_trial_only_in_a_process_using_a_gpu
         gc.callbacks.remove(count)
     assert generations.count(2) == full_collections
     assert study.trials[0].state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("when", ["while it trains", "as it reports"])
+def test_a_trial_failed_as_stale_by_another_worker_does_not_stop_this_one(
+        tmp_path, monkeypatch, when) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    other_worker = optuna.load_study(study_name="s", storage=url)
+
+    def fail_elsewhere(trial_id: int) -> None:  # another worker's stale-trial check
+        other_worker._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    def objective(trial: optuna.Trial) -> float:
+        if when == "while it trains":  # Optuna sees a FAIL trial when told the result
+            fail_elsewhere(trial._trial_id)
+        return 1.0
+
+    if when == "as it reports":  # between Optuna's read of the state and its write
+        write = study._storage.set_trial_state_values
+
+        def late_write(trial_id: int, *args: Any, **kwargs: Any) -> bool:
+            fail_elsewhere(trial_id)
+            return write(trial_id, *args, **kwargs)
+
+        monkeypatch.setattr(study._storage, "set_trial_state_values", late_write)
+    done: list[optuna.trial.FrozenTrial] = []
+    with pytest.warns(TrialTakenOverWarning, match="heartbeat.grace_s"):
+        run_one(study, objective, on_done=done.append)
+    monkeypatch.undo()
+    run_one(study, lambda trial: 2.0, on_done=done.append)  # the worker goes on
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.value for t in done] == [2.0]
+
+
+def test_an_error_reporting_a_trial_this_worker_finished_is_raised() -> None:
+    study = optuna.create_study()
+
+    def broken_callback(trial: optuna.trial.FrozenTrial) -> None:
+        raise RuntimeError("callback bug")
+
+    with pytest.raises(RuntimeError, match="callback bug"):
+        run_one(study, lambda trial: 1.0, on_done=broken_callback)
 
 
 def test_search_override_widens_and_makes_fixed_parameters_searched() -> None:
@@ -463,7 +505,9 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, capsys) -> 
 
 
 def test_two_local_workers_share_the_studies_on_sqlite(tmp_path) -> None:
-    suite = write_suite(tmp_path, budget={"trials": 4},
+    # No failover here: a grace period this long keeps a heartbeat starved on a busy machine
+    # from failing a live trial (the worker would go on, but retry a seed).
+    suite = write_suite(tmp_path, budget={"trials": 4}, heartbeat={"grace_s": 60},
                         scenarios=[{**TINY["scenarios"][0], "methods": ["ot", "fitnets"]}])
     results = tmp_path / "results"
     done = subprocess.run(sweep_command(suite, results, "--workers", "2"),
