@@ -230,7 +230,12 @@ def test_diagnostics_section_times_one_record_per_sample_on_a_default_size_probe
 
     monkeypatch.setattr(perf, "DiagnosticsRecorder", Counting)
     opts = perf.PerfOptions.build("cpu", 2, quick=True)
-    (row,) = perf.diagnostics_rows(opts, perf.build_pair(perf.PAIRS["cnn"], opts.device))
+    setup = perf.build_pair(perf.PAIRS["cnn"], opts.device)
+    before = {k: v.clone() for k, v in setup.student.state_dict().items()}
+    (row,) = perf.diagnostics_rows(opts, setup)
+    # The other sections' student is left as it was: same weights, statistics and mode.
+    after = setup.student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and setup.student.training
     probe = RunConfig.model_fields["probe_size"].default
     # One warm-up call, then one record per sample, epochs counting up as in a run.
     assert recorded == [(0, probe), (1, probe), (2, probe)]
