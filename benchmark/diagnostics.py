@@ -184,11 +184,20 @@ class DiagnosticsRecorder:
         metrics[TIME_METRIC] = time.perf_counter() - start
         return metrics
 
-    def save(self, path: Path) -> Path:
-        """One compressed file: ``epochs``; per layer, one row per recorded epoch of
-        ``matching/<layer>`` (epochs × student neurons), ``entropy/<layer>`` and
-        ``identity/<layer>`` (equal widths), and ``plan_first/<layer>``, ``plan_last/<layer>``
-        (for heat maps)."""
+    def submit(self, epoch: int) -> dict[int, dict[str, float]]:
+        """Record ``epoch`` now; its metrics, keyed by the epoch (the interface a recording in
+        a :class:`~.diagnostics_process.DiagnosticsProcess` shares, whose metrics come
+        later)."""
+        return {epoch: self.record(epoch)}
+
+    def finish(self) -> dict[int, dict[str, float]]:
+        """Metrics not yet returned by :meth:`submit`: none, since it records at once."""
+        return {}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``epochs``; per layer, one row per recorded epoch of ``matching/<layer>`` (epochs ×
+        student neurons), ``entropy/<layer>`` and ``identity/<layer>`` (equal widths), and
+        ``plan_first/<layer>``, ``plan_last/<layer>`` (for heat maps)."""
         arrays: dict[str, np.ndarray] = {"epochs": np.asarray(self.epochs)}
         arrays.update({f"matching/{layer}": torch.stack(history).numpy()
                        for layer, history in self.matchings.items()})
@@ -196,5 +205,14 @@ class DiagnosticsRecorder:
         for layer, plan in self.first_plans.items():
             arrays[f"plan_first/{layer}"] = plan.numpy()
             arrays[f"plan_last/{layer}"] = self.last_plans[layer].numpy()
-        np.savez_compressed(path, **arrays)
-        return path
+        return arrays
+
+    def save(self, path: Path) -> Path:
+        """:meth:`arrays` as one compressed file."""
+        return save_arrays(self.arrays(), path)
+
+
+def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> Path:
+    """A run's ``diagnostics.npz``."""
+    np.savez_compressed(path, **arrays)
+    return path

@@ -25,6 +25,7 @@ from . import tracking
 from .config import SCENARIOS, RunConfig, flatten
 from .data import TaskData, TaskSpec, load_task
 from .diagnostics import DiagnosticsRecorder, probe_batch
+from .diagnostics_process import BackgroundRecorder, DiagnosticsProcess
 from .models import (
     ModelSpec,
     build_model,
@@ -175,8 +176,11 @@ def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
             for (t, s), w in zip(names, weights, strict=True)]
 
 
+Recorder = DiagnosticsRecorder | BackgroundRecorder
+
+
 def _log_files(run: tracking.RunLogger, model: nn.Module | None,
-               recorder: DiagnosticsRecorder | None) -> None:
+               recorder: Recorder | None) -> None:
     """The trained student (for ``otbench analyze``) and the diagnostics' matchings."""
     with tempfile.TemporaryDirectory() as folder:
         if model is not None:
@@ -184,6 +188,12 @@ def _log_files(run: tracking.RunLogger, model: nn.Module | None,
             run.log_file(Path(folder) / "model.pt")
         if recorder is not None:
             run.log_file(recorder.save(Path(folder) / "diagnostics.npz"))
+
+
+def log_diagnostics(run: tracking.RunLogger, by_epoch: dict[int, dict[str, float]]) -> None:
+    """Each epoch's diagnostics at that epoch's step (a background recording's arrive late)."""
+    for epoch, metrics in by_epoch.items():
+        run.log_metrics(metrics, step=epoch)
 
 
 def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
@@ -196,11 +206,13 @@ def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
 def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None = None,
                 on_epoch: Callable[[EpochLog], None] | None = None,
                 on_start: Callable[[str], None] | None = None,
-                progress: bool = True) -> RunResult:
+                progress: bool = True,
+                diagnostics_process: DiagnosticsProcess | None = None) -> RunResult:
     """Train one student under one method and log it; see the module docstring.
 
     ``on_start`` receives the MLflow run id once the run exists (a sweep records it, so a
     run whose worker died can be closed later); ``on_epoch`` may raise to stop the run.
+    ``diagnostics_process`` records a CPU run's diagnostics on another core while it trains.
     """
     plan = plan_run(cfg)
     uri = tracking.tracking_uri_for(cfg.tracking_uri, cfg.results_dir)
@@ -227,10 +239,12 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
                      else [],
                      teacher_taps=[p.teacher for p in pairs] if "teacher_features" in reads
                      else [])
-    recorder = None
+    recorder: Recorder | None = None
     if cfg.diagnostics and pairs:
-        recorder = DiagnosticsRecorder(teacher.model, student, pairs,
-                                       probe_batch(task.val, task, cfg.probe_size))
+        probe = probe_batch(task.val, task, cfg.probe_size)
+        recorder = (diagnostics_process.recorder(teacher.model, student, pairs, probe)
+                    if diagnostics_process is not None and plan.device.type == "cpu"
+                    else DiagnosticsRecorder(teacher.model, student, pairs, probe))
     hooks = RunHooks(on_epoch, on_start)
     return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, hooks,
                          progress, recorder)
@@ -238,7 +252,7 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
 
 def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
                   stage: str, parent_run_id: str | None, hooks: RunHooks,
-                  progress: bool, recorder: DiagnosticsRecorder | None) -> RunResult:
+                  progress: bool, recorder: Recorder | None) -> RunResult:
     cfg = plan.config
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
@@ -254,15 +268,16 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
                         "teacher_source": teacher.source})
         run.log_dict(resolved, "config.yaml")
         if recorder is not None:
-            run.log_metrics(recorder.record(0), step=0)
+            log_diagnostics(run, recorder.submit(0))
 
         logging_seconds = 0.0
 
         def log_epoch(log: EpochLog) -> None:
             nonlocal logging_seconds
-            diagnostics = recorder.record(log.epoch) if recorder is not None else {}
+            diagnostics = recorder.submit(log.epoch) if recorder is not None else {}
             start = time.perf_counter()
-            run.log_metrics({**log.metrics(), **diagnostics}, step=log.epoch)
+            run.log_metrics(log.metrics(), step=log.epoch)
+            log_diagnostics(run, diagnostics)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(log)
             logging_seconds += time.perf_counter() - start
@@ -275,6 +290,10 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         val_acc = history[-1].val_acc
         final = {"val/acc_final": val_acc}
         test_acc = accuracy(runner.model, task.test, task) if cfg.evaluate_test else None
+        if recorder is not None:  # a background recording's last epoch ran beside the test
+            waited = time.perf_counter()
+            log_diagnostics(run, recorder.finish())
+            loop_seconds += time.perf_counter() - waited
         if test_acc is not None:
             final["test/acc"] = test_acc
         run.log_metrics(final, step=cfg.train.epochs)

@@ -114,7 +114,8 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
                                tags={"best_trial": str(trial.user_attrs[SOURCE_TRIAL])})
     with recorded_failure(trial):
         result = execute_run(cfg, stage="final", parent_run_id=work.parent_run_id,
-                             on_start=run_recorder(trial), progress=worker.progress)
+                             on_start=run_recorder(trial), progress=worker.progress,
+                             diagnostics_process=worker.diagnostics)
     trial.set_user_attr("val_acc", result.val_acc)
     record_loop_time(trial, result)
     assert result.test_acc is not None  # evaluate_test=True

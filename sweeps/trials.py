@@ -15,6 +15,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial
 
+from otbench.benchmark.diagnostics_process import DiagnosticsProcess
 from otbench.benchmark.runner import RunResult
 from otbench.benchmark.tracking import client_for
 
@@ -38,6 +39,7 @@ class Worker:
     tracking_uri: str
     progress: bool  # per-epoch progress bars
     verbose: bool  # one line per finished trial
+    diagnostics: DiagnosticsProcess | None = None  # records the runs' diagnostics on a spare core
 
     def say(self, line: str) -> None:
         if self.verbose:

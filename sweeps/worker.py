@@ -13,17 +13,19 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from otbench.benchmark.diagnostics_process import DiagnosticsProcess, spare_cores
 from otbench.benchmark.plugins import load_plugins
 from otbench.benchmark.tracking import tracking_uri_for
 
 from . import final, search
 from .studies import make_storage, open_study, quiet_optuna
-from .suite import load_suite
+from .suite import Suite, load_suite
 from .trials import State, StudyWork, Worker
 
 
@@ -51,19 +53,35 @@ def run_worker(job: WorkerJob) -> None:
         torch.set_num_threads(threads)
     uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
     storage = make_storage(job.storage_url, suite.heartbeat, uri)
-    worker = Worker(suite, uri, job.progress, job.verbose)
     works = [StudyWork(spec, open_study(storage, spec.name, suite.pruner),
                        open_study(storage, final.study_name(spec.name), None),
                        job.parent_runs[spec.name]) for spec in suite.studies]
-    while (step := next_step(worker, works)) is not State.DONE:
-        if parent_gone(job):
-            print(f"otbench worker {os.getpid()}: its sweep process ended; stopping",
-                  file=sys.stderr)
-            return
-        if step is State.BUSY:
-            time.sleep(min(suite.heartbeat.interval_s, 5))
-        else:
-            step()
+    with diagnostics_process_for(suite, job.workers) or nullcontext() as diagnostics:
+        worker = Worker(suite, uri, job.progress, job.verbose, diagnostics)
+        while (step := next_step(worker, works)) is not State.DONE:
+            if parent_gone(job):
+                print(f"otbench worker {os.getpid()}: its sweep process ended; stopping",
+                      file=sys.stderr)
+                return
+            if step is State.BUSY:
+                time.sleep(min(suite.heartbeat.interval_s, 5))
+            else:
+                step()
+
+
+def diagnostics_process_for(suite: Suite, workers: int) -> DiagnosticsProcess | None:
+    """A process recording the runs' diagnostics beside the training, started now so it is
+    ready for the first run: when the suite asks for one, or (``auto``) when runs record
+    diagnostics on the CPU and the cores leave one free for each local worker's."""
+    choice = suite.background_diagnostics
+    recording = [spec for spec in suite.studies if spec.plan.config.diagnostics]
+    if choice is False or not recording:
+        return None
+    if choice == "auto" and (
+            any(spec.plan.device.type != "cpu" for spec in recording)
+            or spare_cores(workers, torch.get_num_threads()) < workers):
+        return None
+    return DiagnosticsProcess()
 
 
 def parent_gone(job: WorkerJob) -> bool:

@@ -355,7 +355,8 @@ def test_all_methods_means_the_applicable_ones(tmp_path) -> None:
 # --- running sweeps ------------------------------------------------------------------------
 
 def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
-    suite, results = write_suite(tmp_path), tmp_path / "results"
+    # Diagnostics in a separate process whatever the cores: their metrics come late.
+    suite, results = write_suite(tmp_path, background_diagnostics=True), tmp_path / "results"
     argv = ["sweep", str(suite), "--results-dir", str(results), "--quiet"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -375,6 +376,10 @@ def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
         # Diagnostics in final runs only: the suite leaves trial_diagnostics off.
         assert not any(k.startswith("diag/") for r in children for k in r.data.metrics)
         assert all(any(k.startswith("diag/ot/") for k in r.data.metrics) for r in finals)
+        client = MlflowClient(default_tracking_uri(results))
+        for final_run in finals:  # each epoch's at its step, the last one's included
+            history = client.get_metric_history(final_run.info.run_id, "diag/ot/stage3")
+            assert sorted(m.step for m in history) == [0, 1, 2]
         assert_one_final_run_per_seed(results, study, 2)
     assert_nothing_running(results)
 

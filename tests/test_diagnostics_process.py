@@ -1,0 +1,193 @@
+"""Diagnostics recorded in a separate process: the same values as in the run's own process,
+training unchanged, errors and a dead process reported, and when a sweep uses one."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from torch import Tensor, nn
+
+from otbench.benchmark.config import resolve_run_config
+from otbench.benchmark.diagnostics import DiagnosticsRecorder
+from otbench.benchmark.diagnostics_process import (
+    BackgroundRecorder,
+    DiagnosticsProcess,
+    DiagnosticsProcessError,
+    dumps,
+)
+from otbench.benchmark.models import build_model
+from otbench.benchmark.runner import execute_run
+from otbench.benchmark.tracking import default_tracking_uri
+from otbench.methods import LayerPair
+from otbench.sweeps import worker
+from otbench.sweeps.suite import load_suite
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EPOCHS = 3
+PAIRS = [LayerPair(f"stage{i}", f"stage{i}", (), ()) for i in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def process() -> Any:
+    """One process for the tests that keep it alive (starting one imports torch: seconds)."""
+    with DiagnosticsProcess() as shared:
+        yield shared
+
+
+def models(seed: int = 0) -> tuple[nn.Module, nn.Module, Tensor]:
+    torch.manual_seed(seed)
+    return build_model("cnn-l", 10, 1).eval(), build_model("cnn-s", 10, 1), torch.randn(
+        24, 1, 8, 8)
+
+
+def train_a_little(student: nn.Module) -> None:
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+def record_epochs(recorder: Any, student: nn.Module, epochs: int) -> dict[int, dict[str, float]]:
+    metrics: dict[int, dict[str, float]] = {}
+    for epoch in range(epochs):
+        metrics.update(recorder.submit(epoch))
+        train_a_little(student)
+    metrics.update(recorder.finish())
+    return metrics
+
+
+def run(results: Path, *overrides: str, process: DiagnosticsProcess | None = None):
+    cfg = resolve_run_config(CONFIGS / "cross.yaml", [
+        "method=ot", f"train.epochs={EPOCHS}", "teacher.train.epochs=2",
+        f"results_dir={results}", *overrides])
+    return execute_run(cfg, progress=False, diagnostics_process=process)
+
+
+def test_tensors_travel_as_arrays_and_come_back_equal() -> None:
+    student = build_model("cnn-s", 10, 1)
+    copy = pickle.loads(dumps(student))
+    for (name, a), b in zip(student.state_dict().items(), copy.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b) and a.dtype == b.dtype, name
+    assert all(type(p) is nn.Parameter and p.requires_grad for p in copy.parameters())
+    half = torch.arange(4, dtype=torch.bfloat16)  # NumPy has no bfloat16: torch's reduction
+    assert torch.equal(pickle.loads(dumps(half)), half)
+
+
+def test_a_run_recorded_in_the_process_logs_what_its_own_process_would(tmp_path,
+                                                                       process) -> None:
+    inline = run(tmp_path, process=None)
+    background = run(tmp_path, process=process)
+    off = run(tmp_path, "diagnostics=false", process=process)
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    logged = client.get_run(inline.run_id).data.metrics
+    keys = sorted(k for k in logged if k.startswith("diag/"))
+    assert len(keys) == 9  # ot, cka, stability for three layers
+    for key in keys:
+        histories = [[(m.step, m.value) for m in sorted(
+            client.get_metric_history(r.run_id, key), key=lambda m: m.step)]
+            for r in (inline, background)]
+        assert histories[0] == histories[1], key
+    arrays = [np.load(client.download_artifacts(r.run_id, "diagnostics.npz",
+                                                str(tmp_path / r.run_id)))
+              for r in (inline, background)]
+    assert sorted(arrays[0].files) == sorted(arrays[1].files)
+    for name in arrays[0].files:
+        assert np.array_equal(arrays[0][name], arrays[1][name]), name
+    weights = [torch.load(client.download_artifacts(r.run_id, "model.pt",
+                                                    str(tmp_path / f"w{r.run_id}")),
+                          weights_only=True) for r in (background, off)]
+    for name, value in weights[0].items():  # training unchanged by the process
+        assert torch.equal(value, weights[1][name]), name
+
+
+def test_the_replies_of_a_recording_stopped_early_are_not_the_next_ones(process) -> None:
+    teacher, student, probe = models()
+    abandoned = process.recorder(teacher, student, PAIRS, probe)
+    for epoch in range(4):  # a pruned run: no finish
+        abandoned.submit(epoch)
+    teacher, student, probe = models(seed=1)
+    got = record_epochs(process.recorder(teacher, student, PAIRS, probe), student, 2)
+    teacher, student, probe = models(seed=1)  # the same weights, epoch by epoch, here
+    expected = record_epochs(DiagnosticsRecorder(teacher, student, PAIRS, probe), student, 2)
+    assert got.keys() == expected.keys() == {0, 1}
+    for epoch, metrics in expected.items():
+        assert without_time(got[epoch]) == without_time(metrics)
+
+
+def without_time(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "time/diagnostics"}
+
+
+def test_an_error_in_the_process_is_raised_with_its_traceback(process) -> None:
+    teacher, _, probe = models()
+    recorder = process.recorder(teacher, Broken(), [LayerPair("stage1", "conv", (), ())],
+                                probe)
+    with pytest.raises(DiagnosticsProcessError, match="(?s)process failed.*unknown tap 'conv'"):
+        record_epochs(recorder, nn.Linear(1, 1), 2)
+    teacher, student, probe = models()  # the process serves the next run
+    assert set(record_epochs(process.recorder(teacher, student, PAIRS, probe), student,
+                             2)) == {0, 1}
+
+
+def test_models_that_cannot_be_pickled_are_recorded_in_the_run_s_process(process) -> None:
+    teacher, student, probe = models()
+    student.activation = lambda x: x  # a lambda: pickle refuses it
+    with pytest.warns(RuntimeWarning, match="own process"):
+        recorder = process.recorder(teacher, student, PAIRS, probe)
+    assert isinstance(recorder, DiagnosticsRecorder)
+
+
+def test_a_dead_process_is_a_clear_error_and_the_next_run_starts_another() -> None:
+    with DiagnosticsProcess() as own:
+        teacher, student, probe = models()
+        recorder = own.recorder(teacher, student, PAIRS, probe)
+        recorder.submit(0)
+        own.process.kill()
+        own.process.join()
+        with pytest.raises(DiagnosticsProcessError, match="stopped.*next run starts a new"):
+            recorder.finish()
+        dead = own.process.pid
+        again = own.recorder(teacher, student, PAIRS, probe)
+        assert isinstance(again, BackgroundRecorder) and own.process.pid != dead
+        assert set(record_epochs(again, student, 2)) == {0, 1}
+
+
+class Broken(nn.Module):
+    """A student without the tapped layer: recording it fails in the process."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+# --- when a sweep uses one ---------------------------------------------------------------
+
+class FakeProcess:
+    """Stands in for DiagnosticsProcess (no process started)."""
+
+
+@pytest.mark.parametrize(("choice", "spare", "diagnostics", "expected"), [
+    ("auto", 1, True, True),
+    ("auto", 0, True, False),  # every core taken by the workers' threads
+    ("auto", 1, False, False),  # nothing to record
+    (True, 0, True, True),
+    (False, 1, True, False),
+])
+def test_a_sweep_records_in_a_process_when_a_core_is_spare_or_asked(
+        tmp_path, monkeypatch, choice, spare, diagnostics, expected) -> None:
+    suite = {"name": "tiny", "defaults": {"diagnostics": diagnostics},
+             "scenarios": [{"id": "d", "scenario": "distill", "task": "digits",
+                            "methods": ["finetune"]}],
+             "budget": {"trials": 1}, "background_diagnostics": choice}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    monkeypatch.setattr(worker, "DiagnosticsProcess", FakeProcess)
+    monkeypatch.setattr(worker, "spare_cores", lambda workers, threads: spare * workers)
+    made = worker.diagnostics_process_for(load_suite(str(path)), workers=1)
+    assert isinstance(made, FakeProcess) is expected
