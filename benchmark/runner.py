@@ -180,14 +180,21 @@ Recorder = DiagnosticsRecorder | BackgroundRecorder
 
 
 def _log_files(run: tracking.RunLogger, model: nn.Module | None,
-               recorder: Recorder | None) -> None:
-    """The trained student (for ``otbench analyze``) and the diagnostics' matchings."""
+               recorder: Recorder | None) -> float:
+    """The trained student (for ``otbench analyze``), then the diagnostics' last epochs and
+    matchings: a background recording's last epoch runs beside the test split's scoring and
+    the model's upload. Returns the seconds spent waiting for it."""
+    waited = 0.0
     with tempfile.TemporaryDirectory() as folder:
         if model is not None:
             torch.save(model.state_dict(), Path(folder) / "model.pt")
             run.log_file(Path(folder) / "model.pt")
         if recorder is not None:
+            start = time.perf_counter()
+            log_diagnostics(run, recorder.finish())
+            waited = time.perf_counter() - start
             run.log_file(recorder.save(Path(folder) / "diagnostics.npz"))
+    return waited
 
 
 def log_diagnostics(run: tracking.RunLogger, by_epoch: dict[int, dict[str, float]]) -> None:
@@ -290,14 +297,11 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         val_acc = history[-1].val_acc
         final = {"val/acc_final": val_acc}
         test_acc = accuracy(runner.model, task.test, task) if cfg.evaluate_test else None
-        if recorder is not None:  # a background recording's last epoch ran beside the test
-            waited = time.perf_counter()
-            log_diagnostics(run, recorder.finish())
-            loop_seconds += time.perf_counter() - waited
         if test_acc is not None:
             final["test/acc"] = test_acc
         run.log_metrics(final, step=cfg.train.epochs)
-        _log_files(run, runner.model if cfg.save_model else None, recorder)
+        # Waiting for the diagnostics is the loop's time, not bookkeeping.
+        loop_seconds += _log_files(run, runner.model if cfg.save_model else None, recorder)
     return RunResult(run.run_id, val_acc, test_acc, history, loop_seconds)
 
 

@@ -84,11 +84,13 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
     figures_dir = out / "figures"
     _clear_figures(figures_dir)
     storage = storage or studies.default_storage(tracking_uri)
-    with plots.FigureWriter(figure_workers) as writer:  # the PNGs exist once the block ends
+    # The PNGs exist once the block ends. The many small study figures go last, so that no
+    # drawing process waits at the end while another draws a large figure alone.
+    with plots.FigureWriter(figure_workers) as writer:
         figures, notes = result_figures(runs, histories, table, figures_dir, writer)
-        study_figures, study_notes = study_figures_for(runs, storage, figures_dir, writer)
         diag_figures, diag_notes, diag_texts = representation_section(
             client, final, table, out, writer, "csv" in wanted)
+        study_figures, study_notes = study_figures_for(runs, storage, figures_dir, writer)
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
