@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import threading
 import traceback
 import warnings
@@ -233,6 +234,9 @@ class _Server:
 def serve(inbox: Connection, outbox: Connection, threads: int) -> None:
     """The process: handle messages until told to stop or the run's process is gone. An
     exception becomes an error reply for that run (the process serves the next one)."""
+    # Ctrl-C reaches the whole process group: the run's process handles it and closes this
+    # one (or this one sees the pipe close), without a second traceback from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     load_plugins()  # models of a user's plugin must unpickle here too
     messages: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()

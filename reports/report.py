@@ -63,6 +63,15 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
     Raises :class:`NoFinalRunsError` when the experiment has no finished final run, and
     :class:`UnknownExperimentError` (listing the existing ones) for a wrong name.
     """
+    with plots.frozen_gc():
+        return _write_report(tracking_uri, experiment, Path(out_dir), storage, formats,
+                             options, figure_workers)
+
+
+def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | None,
+                  formats: Iterable[str] | str,
+                  options: ReportOptions | Mapping[str, Any] | None,
+                  figure_workers: int) -> Path:
     opts = options if isinstance(options, ReportOptions) else ReportOptions.from_mapping(options)
     wanted = check_formats(formats)
     client = open_client(tracking_uri)
@@ -78,7 +87,6 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
     final = final_results(runs, opts)
     table = summarize(final, opts)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_tables(table, runs, out, wanted)
     figures_dir = out / "figures"

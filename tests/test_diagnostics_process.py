@@ -3,7 +3,9 @@ training unchanged, errors and a dead process reported, and when a sweep uses on
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,14 @@ def test_an_error_in_the_process_is_raised_with_its_traceback(process) -> None:
     with pytest.raises(DiagnosticsProcessError, match="(?s)process failed.*unknown tap 'conv'"):
         record_epochs(recorder, nn.Linear(1, 1), 2)
     teacher, student, probe = models()  # the process serves the next run
+    assert set(record_epochs(process.recorder(teacher, student, PAIRS, probe), student,
+                             2)) == {0, 1}
+
+
+def test_ctrl_c_is_left_to_the_run_s_process(process) -> None:
+    teacher, student, probe = models()
+    record_epochs(process.recorder(teacher, student, PAIRS, probe), student, 1)  # serving
+    os.kill(process.process.pid, signal.SIGINT)  # as Ctrl-C sends it to the process group
     assert set(record_epochs(process.recorder(teacher, student, PAIRS, probe), student,
                              2)) == {0, 1}
 

@@ -4,6 +4,7 @@ values computed here independently (numpy, scipy)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import tempfile
@@ -31,13 +32,16 @@ from otbench.reports import (
     UnknownExperimentError,
     write_report,
 )
+from otbench.reports import report as report_module
 from otbench.reports.collect import cast_value, metric_histories, open_client, read_runs
 from otbench.reports.plots import (
     METHOD_COLORS,
+    FigureWriter,
     accuracy_bars,
     accuracy_vs_samples,
     default_figure_workers,
     method_color,
+    new_figure,
     sample_size_families,
     sensitivity,
     validation_curves,
@@ -574,6 +578,32 @@ def test_figures_drawn_on_worker_processes_equal_those_drawn_here(store: Store,
     assert names and names == sorted(p.name for p in there.iterdir())
     for name in names:
         assert (here / name).read_bytes() == (there / name).read_bytes(), name
+
+
+def test_a_report_runs_with_the_objects_alive_before_it_frozen(store: Store, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Full garbage collections then skip them (~0.5 s each in a sweep's process)."""
+    frozen_during = []
+    tables = report_module.write_tables
+
+    def recording(*args: object) -> None:
+        frozen_during.append(gc.get_freeze_count())
+        tables(*args)
+
+    monkeypatch.setattr(report_module, "write_tables", recording)
+    assert gc.get_freeze_count() == 0
+    write_report(store.uri, EXPERIMENT, tmp_path / "report")
+    assert frozen_during and frozen_during[0] > 0
+    assert gc.get_freeze_count() == 0  # unfrozen afterwards
+
+
+def test_drawing_processes_freeze_their_imports(tmp_path: Path) -> None:
+    with FigureWriter(2) as writer:
+        fig, ax = new_figure()
+        ax.plot([0, 1], [1, 0])
+        writer.add(fig, tmp_path, "line")
+        assert writer.pool is not None
+        assert writer.pool.submit(gc.get_freeze_count).result() > 0
 
 
 # --------------------------------------------------------------------------- errors, CLI
