@@ -190,13 +190,37 @@ def metric_histories(client: MlflowClient, run_ids: Iterable[str],
                      keys: Iterable[str] = HISTORY_KEYS) -> pd.DataFrame:
     """Per-step values (step = epoch) as rows ``run_id, key, step, value``. A step logged twice
     (a resumed run) keeps its latest value."""
-    rows = [(run_id, key, m.step, m.timestamp, m.value)
-            for run_id in run_ids for key in keys
-            for m in client.get_metric_history(run_id, key)]
+    run_ids, keys = list(run_ids), list(keys)
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    rows = (_bulk_history(store, run_ids, keys) if hasattr(store, "get_metric_history_bulk")
+            else _history_per_run(client, run_ids, keys))
     frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "timestamp", "value"])
     frame = frame.sort_values(["run_id", "key", "step", "timestamp"])
     frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")
     return frame.drop(columns="timestamp").reset_index(drop=True)
+
+
+#: Runs per bulk history query, well under SQLite's limit of bound parameters.
+BULK_RUNS = 500
+HistoryRow = tuple[str, str, int, int, float]
+
+
+def _bulk_history(store: Any, run_ids: list[str], keys: list[str]) -> list[HistoryRow]:
+    """One query per key and 500 runs. A SQL store (SQLite, PostgreSQL) has this call (the
+    MLflow UI's bulk endpoint uses it) though ``MlflowClient`` does not expose it: one
+    ``get_metric_history`` per run and key costs ~5 ms of session overhead, over a second for a
+    quick-suite report's 378 diagnostic histories, against 0.25 s in bulk."""
+    return [(m.run_id, key, m.step, m.timestamp, m.value)
+            for key in keys for start in range(0, len(run_ids), BULK_RUNS)
+            for m in store.get_metric_history_bulk(run_ids[start:start + BULK_RUNS], key, None)]
+
+
+def _history_per_run(client: MlflowClient, run_ids: list[str],
+                     keys: list[str]) -> list[HistoryRow]:
+    """The public per-run call, for stores without the bulk one (a tracking server)."""
+    return [(run_id, key, m.step, m.timestamp, m.value)
+            for run_id in run_ids for key in keys
+            for m in client.get_metric_history(run_id, key)]
 
 
 def add_timings(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:

@@ -94,7 +94,7 @@ class SuiteFile(Strict):
     background_diagnostics: bool | Literal["auto"] = Field(
         "auto", description="record the diagnostics in a separate process on a spare core "
         "while the runs train; auto: when the device is the CPU and the local workers' threads "
-        "leave a core free")
+        "leave a core for each worker's")
     threads: PositiveInt | None = Field(
         None, description="torch CPU threads per worker (default: the cores shared among "
         "local workers); small models run as fast on 1 and never contend for cores")

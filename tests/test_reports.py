@@ -8,6 +8,7 @@ import gc
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,10 +31,17 @@ from otbench.reports import (
     ReportError,
     ReportOptions,
     UnknownExperimentError,
+    collect,
     write_report,
 )
 from otbench.reports import report as report_module
-from otbench.reports.collect import cast_value, metric_histories, open_client, read_runs
+from otbench.reports.collect import (
+    cast_value,
+    find_experiment,
+    metric_histories,
+    open_client,
+    read_runs,
+)
 from otbench.reports.plots import (
     METHOD_COLORS,
     FigureWriter,
@@ -262,6 +270,47 @@ def test_timings_are_means_and_overhead_ratio(report: Path) -> None:
 
 
 # --------------------------------------------------------------------------- table
+class PublicClient:
+    """Only ``MlflowClient``'s public history call, as a store without the bulk one offers."""
+
+    def __init__(self, client: object) -> None:
+        self.get_metric_history = client.get_metric_history
+
+
+def test_histories_in_bulk_equal_those_read_run_by_run(store: Store, runs: pd.DataFrame,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    client = open_client(store.uri)
+    queries: list[int] = []
+    bulk = type(client._tracking_client.store).get_metric_history_bulk
+    monkeypatch.setattr(type(client._tracking_client.store), "get_metric_history_bulk",
+                        lambda self, ids, key, limit: queries.append(len(ids)) or bulk(
+                            self, ids, key, limit))
+    monkeypatch.setattr(collect, "BULK_RUNS", 10)
+    keys = ("val/acc", "time/epoch", "test/acc", "never/logged")
+    in_bulk = metric_histories(client, runs.run_id, keys)
+    assert queries == [10, 10, 10, 3] * len(keys)  # 33 runs, ten per query
+    by_run = metric_histories(PublicClient(client), runs.run_id, keys)
+    pd.testing.assert_frame_equal(in_bulk, by_run)
+    counts = in_bulk.key.value_counts()
+    assert (counts["test/acc"], counts["time/epoch"]) == (24, 24 * len(EPOCH_TIMES))
+
+
+def test_a_step_logged_twice_keeps_its_latest_value(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_run(uri, "resumed", run_name="r", tags={}) as run:
+        run.log_metrics({"val/acc": 0.5}, step=0)
+        run.log_metrics({"val/acc": 0.6}, step=1)
+        run.flush()
+        time.sleep(0.002)  # a later timestamp: the resumed run's
+        run.log_metrics({"val/acc": 0.7}, step=1)
+    client = open_client(uri)
+    run_ids = [client.search_runs([find_experiment(client, "resumed").experiment_id])[0]
+               .info.run_id]
+    for reader in (client, PublicClient(client)):
+        history = metric_histories(reader, run_ids, ["val/acc"])
+        assert history[["step", "value"]].values.tolist() == [[0, 0.5], [1, 0.7]]
+
+
 def expected_cells(test: str = "welch") -> dict[tuple[str, str, str], dict]:
     """Mean, std, n, p-value against OT, bold and underline, computed here from FINAL."""
     out = {}
