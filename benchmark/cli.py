@@ -1,4 +1,10 @@
-"""The ``otbench`` command line. Every deliberate error exits with code 2 and one message."""
+"""The ``otbench`` command line. Every deliberate error exits with code 2 and one message.
+
+This module imports nothing heavy at its top (the subcommands come in :func:`build_parser`):
+a process spawned by the command (a sweep worker, the diagnostics process, a report's drawing
+process) runs the ``otbench`` script again to import it, and with torch, MLflow, Optuna and
+torchvision behind it that took each of them 6-13 s of CPU before any work.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,7 @@ import yaml
 
 from otbench import __version__
 from otbench.errors import OtbenchError
-from otbench.sweeps.cli import add_command as add_sweep_command
 
-from .analyze import add_command as add_analyze_command
-from .perf import add_command as add_perf_command
 from .plugins import load_plugins
 
 
@@ -84,6 +87,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from otbench.reports.cli import add_command as add_report_command
+    from otbench.sweeps.cli import add_command as add_sweep_command
+
+    from .analyze import add_command as add_analyze_command
+    from .perf import add_command as add_perf_command
+
     parser = argparse.ArgumentParser(prog="otbench", description="Representation-transfer "
                                      "benchmark centred on optimal transport.")
     parser.add_argument("--version", action="version", version=f"otbench {__version__}")
@@ -98,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name in ("run", "teacher"):
             _add_config_args(command)
-    from otbench.reports.cli import add_command as add_report_command
     add_report_command(sub)
     run = sub.choices["run"]
     run.add_argument("--print-config", action="store_true", help="print the resolved config "

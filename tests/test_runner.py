@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,13 @@ def test_run_cli_prints_the_result(tmp_path, capsys) -> None:
     assert "cross ot on digits:5-9@10" in out and "test acc" in out
     (run,) = runs(tmp_path, "run")
     assert not math.isnan(run.data.metrics["test/acc"])
+
+
+def test_the_command_line_module_imports_nothing_heavy() -> None:
+    """Every process a command spawns (sweep workers, the diagnostics process, drawing
+    processes) imports the ``otbench`` script, and with it this module, before its work."""
+    code = ("import sys, otbench.benchmark.cli; print(sorted(m for m in ('torch', 'mlflow', "
+            "'optuna', 'matplotlib', 'torchvision', 'ot', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
