@@ -181,26 +181,20 @@ Recorder = DiagnosticsRecorder | BackgroundRecorder
 
 def _log_files(run: tracking.RunLogger, model: nn.Module | None,
                recorder: Recorder | None) -> float:
-    """The trained student (for ``otbench analyze``), then the diagnostics' last epochs and
-    matchings: a background recording's last epoch runs beside the test split's scoring and
-    the model's upload. Returns the seconds spent waiting for it."""
-    waited = 0.0
+    """The trained student (for ``otbench analyze``), then the diagnostics' matchings: a
+    background recording's last epoch runs beside the test split's scoring and the model's
+    upload. Returns the seconds spent ending the recording."""
+    ending = 0.0
     with tempfile.TemporaryDirectory() as folder:
         if model is not None:
             torch.save(model.state_dict(), Path(folder) / "model.pt")
             run.log_file(Path(folder) / "model.pt")
         if recorder is not None:
             start = time.perf_counter()
-            log_diagnostics(run, recorder.finish())
-            waited = time.perf_counter() - start
-            run.log_file(recorder.save(Path(folder) / "diagnostics.npz"))
-    return waited
-
-
-def log_diagnostics(run: tracking.RunLogger, by_epoch: dict[int, dict[str, float]]) -> None:
-    """Each epoch's diagnostics at that epoch's step (a background recording's arrive late)."""
-    for epoch, metrics in by_epoch.items():
-        run.log_metrics(metrics, step=epoch)
+            saved = recorder.save(Path(folder) / "diagnostics.npz")
+            ending = time.perf_counter() - start
+            run.log_file(saved)
+    return ending
 
 
 def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
@@ -275,16 +269,17 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
                         "teacher_source": teacher.source})
         run.log_dict(resolved, "config.yaml")
         if recorder is not None:
-            log_diagnostics(run, recorder.submit(0))
+            recorder.attach(run)
+            recorder.submit(0)
 
         logging_seconds = 0.0
 
         def log_epoch(log: EpochLog) -> None:
             nonlocal logging_seconds
-            diagnostics = recorder.submit(log.epoch) if recorder is not None else {}
+            if recorder is not None:
+                recorder.submit(log.epoch)
             start = time.perf_counter()
             run.log_metrics(log.metrics(), step=log.epoch)
-            log_diagnostics(run, diagnostics)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(log)
             logging_seconds += time.perf_counter() - start
@@ -293,6 +288,8 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         loop_start = time.perf_counter()
         history = run_epochs(runner, task, cfg.train, generator=generator, on_epoch=log_epoch,
                              progress=progress, description=f"{cfg.method} {cfg.task}")
+        if recorder is not None:
+            recorder.finish()
         loop_seconds = time.perf_counter() - loop_start - logging_seconds
         val_acc = history[-1].val_acc
         final = {"val/acc_final": val_acc}
