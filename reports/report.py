@@ -257,8 +257,10 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
 
 
 def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, save: Any) -> list[str]:
-    """Heat maps of one OT run (issue #9): the first seed's, in the first column whose plans
-    can be read; a note for each column tried before, or when there is none to draw."""
+    """Heat maps of one OT run (issue #9) at its deepest layer (the one the accuracy scatter
+    uses; the curves show every layer's matching stability): the first seed's, in the first
+    column whose plans can be read; a note for each column tried before, or when there is
+    none to draw."""
     notes = []
     for column in table.columns:
         name = plots.title(table, column)
@@ -278,10 +280,11 @@ def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, save: Any
                          "plans; no heat map.")
             continue
         seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
-        save(f"{name}: transport plans of the {table.options.method_label('ot')} run{seed} at "
-             f"epochs {epochs[0]} and {epochs[1]}; student neurons ordered by their final "
-             "matched teacher neuron", representation.plan_heatmaps(plans, epochs,
-                                                                   f"{name}{seed}"),
+        layer = list(plans)[-1]  # the file keeps the configured order, shallow to deep
+        save(f"{name}: transport plan at layer {layer} of the "
+             f"{table.options.method_label('ot')} run{seed} at epochs {epochs[0]} and "
+             f"{epochs[1]}; student neurons ordered by their final matched teacher neuron",
+             representation.plan_heatmaps({layer: plans[layer]}, epochs, f"{name}{seed}"),
              f"diag_plan_{stem(column)}")
         return notes
     return notes or ["No final OT run: no transport-plan heat map."]

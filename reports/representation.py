@@ -19,10 +19,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
@@ -161,23 +163,69 @@ def summary_sentences(correlations: pd.DataFrame, table: ResultTable) -> list[st
 
 
 # ---------------------------------------------------------------------------- figures
+#: A curve grid's margins in inches, and the space beside a tick label (tick and padding). A
+#: fixed layout: a layout engine makes a whole extra pass over a grid's text, 40 % of drawing
+#: a 3 × 3 grid's PNG (measured); only the tick labels' widths vary, estimated from them.
+GRID_INCHES = {"right": 0.12, "top": 0.45, "bottom": 0.45, "hgap": 0.2, "beside_ticks": 0.2}
+#: Room for a y-axis label (a line of 8 pt and its padding), in inches.
+YLABEL_INCHES = 0.2
+#: The height of one row of a legend below a grid, in inches.
+LEGEND_ROW_INCHES = 0.17
+LEGEND_COLUMNS = 4
+#: A bound on a tick label character's width, in em: the digits of DejaVu Sans are 0.64 em
+#: wide, a point narrower, a minus sign (one at most) wider.
+TICK_CHAR_EM = 0.7
+
+
 def _panels(rows: int, columns: int, height: float = HEIGHT, width: float | None = None,
-            sharex: str | bool = False) -> tuple[Figure, np.ndarray]:
+            sharex: str | bool = False, layout: str | None = "constrained"
+            ) -> tuple[Figure, np.ndarray]:
     width = width or min(TEXT_WIDTH, max(COLUMN_WIDTH, 2.2 * columns))
-    fig = Figure(figsize=(width, height * rows), layout="constrained")
+    fig = Figure(figsize=(width, height * rows), layout=layout)
     axes = fig.subplots(rows, columns, squeeze=False, sharex=sharex)
     return fig, axes
 
 
-def _legend(fig: Figure, axes: np.ndarray) -> None:
-    """One legend below all panels (the title is above), each method once."""
+def _place_grid(fig: Figure, axes: np.ndarray, heading: str, legend_rows: int) -> None:
+    """Lay the panels out by :data:`GRID_INCHES`, each column's left margin fitting its
+    widest y tick label, the heading above the panels and room for the legend below."""
+    width, height = fig.get_size_inches()
+    fig.suptitle(heading, fontsize=8, y=1 - 0.05 / height, va="top")
+    rows, columns = axes.shape
+    beside = [max(_tick_label_inches(ax) for ax in column) + GRID_INCHES["beside_ticks"]
+              for column in axes.T]
+    left = YLABEL_INCHES + beside[0]
+    wgap = max(beside[1:], default=0.0)
+    bottom = GRID_INCHES["bottom"] + LEGEND_ROW_INCHES * legend_rows
+    panel_width = (width - left - GRID_INCHES["right"] - wgap * (columns - 1)) / columns
+    panel_height = (height - GRID_INCHES["top"] - bottom
+                    - GRID_INCHES["hgap"] * (rows - 1)) / rows
+    fig.subplots_adjust(left=left / width, right=1 - GRID_INCHES["right"] / width,
+                        bottom=bottom / height, top=1 - GRID_INCHES["top"] / height,
+                        wspace=wgap / panel_width, hspace=GRID_INCHES["hgap"] / panel_height)
+
+
+def _tick_label_inches(ax: Any) -> float:
+    """The widest y tick label of ``ax`` as its formatter writes it, estimated from its
+    characters (no drawing); in the style the figure is built in (:func:`styled`)."""
+    low, high = sorted(ax.get_ylim())
+    ticks = [t for t in ax.yaxis.get_majorticklocs() if low <= t <= high]
+    labels = ax.yaxis.get_major_formatter().format_ticks(ticks)
+    points = FontProperties(size=mpl.rcParams["ytick.labelsize"]).get_size_in_points()
+    return max((len(label) for label in labels), default=0) * TICK_CHAR_EM * points / 72
+
+
+def _legend(fig: Figure, axes: np.ndarray) -> int:
+    """One legend at the bottom of the figure, each method once; returns its rows."""
     seen: dict[str, Any] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
-    if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center",
-                   ncols=min(len(seen), 4))
+    if not seen:
+        return 0
+    fig.legend(list(seen.values()), list(seen), loc="lower center",
+               bbox_to_anchor=(0.5, 0.0), ncols=min(len(seen), LEGEND_COLUMNS))
+    return -(-len(seen) // LEGEND_COLUMNS)
 
 
 def _method_curves(ax: Any, per_step: pd.DataFrame, key: str, table: ResultTable) -> None:
@@ -207,7 +255,7 @@ def diagnostic_curves(final: pd.DataFrame, histories: pd.DataFrame, table: Resul
     # One value per run and step: mean and std over the runs (seeds) in one pass.
     per_step = curves.groupby(["key", "method", "step"])["value"].agg(["mean", "std"])
     quantities = list(quantities)
-    fig, axes = _panels(len(quantities), len(layers), sharex="col")
+    fig, axes = _panels(len(quantities), len(layers), sharex="col", layout=None)
     for row, quantity in enumerate(quantities):
         for col, layer in enumerate(layers):
             ax = axes[row, col]
@@ -218,8 +266,7 @@ def diagnostic_curves(final: pd.DataFrame, histories: pd.DataFrame, table: Resul
                 ax.set_xlabel("Epoch")
             if col == 0:
                 ax.set_ylabel(QUANTITIES[quantity])
-    fig.suptitle(title(table, column), fontsize=8)
-    _legend(fig, axes)
+    _place_grid(fig, axes, title(table, column), _legend(fig, axes))
     return fig
 
 
@@ -283,7 +330,8 @@ def plan_heatmaps(plans: dict[str, tuple[np.ndarray, np.ndarray]], epochs: tuple
     for ax in axes[-1, :]:
         ax.set_xlabel("Student neuron (sorted by final match)")
     if image is not None:
-        fig.colorbar(image, ax=axes, label="Share of the student neuron's mass", shrink=0.6)
+        fig.colorbar(image, ax=axes, label="Share of the student\nneuron's mass",
+                     shrink=0.6)
     fig.suptitle(heading, fontsize=8)
     return fig
 

@@ -4,6 +4,7 @@ series before saving and for pixels after, and the paragraph's numbers against s
 
 from __future__ import annotations
 
+import itertools
 import re
 import tempfile
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from scipy import stats
 
 from otbench.benchmark.tracking import mlflow_run
@@ -204,6 +206,28 @@ def test_curve_figures_have_one_series_per_method_per_panel(setup) -> None:
     assert line.get_ydata() == pytest.approx([0.5, 0.25, 0.5 / 3])
 
 
+def test_curve_grid_keeps_long_tick_labels_apart_without_a_layout_engine(setup) -> None:
+    """The grid's fixed margins hold tick labels of seven characters: no panel, with its
+    labels, overlaps another, the heading or the legend, and all lie inside the figure."""
+    uri, final, table = setup
+    histories = metric_histories(open_client(uri), final.run_id, history_keys(LAYERS))
+    large = histories.key.str.startswith("diag/ot/")
+    extreme = histories.assign(value=np.where(large, 12345.6 * histories.value,
+                                              1.234e-4 * histories.value))
+    fig = diagnostic_curves(final[final.task == TASK_A], extreme, table, column_a(),
+                            ("ot", "cka", "stability"), list(LAYERS))
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    others = [fig.legends[0].get_window_extent(renderer),
+              fig.get_suptitle() and fig._suptitle.get_window_extent(renderer)]
+    for first, second in itertools.combinations(panels + others, 2):
+        assert not first.overlaps(second)
+    for box in panels + others:
+        assert fig.bbox.containsx(box.x0) and fig.bbox.containsx(box.x1)
+        assert fig.bbox.containsy(box.y0) and fig.bbox.containsy(box.y1)
+
+
 def test_accuracy_vs_distance_one_point_per_run(setup) -> None:
     _, final, table = setup
     fig = accuracy_vs_distance(final_distances(final), table)
@@ -244,6 +268,7 @@ def test_report_writes_figures_paragraph_and_notes(report: Path) -> None:
     assert "<h2>Representation diagnostics</h2>" in page
     assert re.search(r"Spearman ρ = -?\d\.\d\d", page)
     assert "cannot read diagnostics.npz" in page  # column A's OT run has no artifact
+    assert f"transport plan at layer {LAYERS[-1]} of the OT run" in page  # the deepest
     points = pd.read_csv(report.parent / "diagnostics.csv")
     assert len(points) == sum(len(v) for v in RUNS.values())
 
