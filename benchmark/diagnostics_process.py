@@ -3,11 +3,13 @@
 A sweep on the CPU often leaves a core idle: the quick suite trains one small CNN at a time
 on one thread, and a diagnostics record costs about as much as one of its training steps. A
 :class:`DiagnosticsProcess` is a spawned process that records them there. Each epoch the run
-sends its student's weights (the digits CNNs' in ~0.1 ms) and trains on. The process logs
-the metrics to the run itself, at their epoch's step, whenever it has no epoch waiting (so
-writing them costs the run's process nothing), and the run waits only at its end, for its
-last epoch's. The process runs the same :class:`~.diagnostics.DiagnosticsRecorder` on a copy
-of the student, so the values are those a recording in the run's own process gives.
+sends its student's weights (the digits CNNs' in ~0.1 ms) and trains on; the metrics come
+back and go into the run's next batch of metrics at their epoch's step, and the run waits
+only at its end, for its last epoch's, which the process records while the run scores its
+test split. The process runs the same :class:`~.diagnostics.DiagnosticsRecorder` on a copy of
+the student, so the values are those a recording in the run's own process gives. (Writing
+the metrics from the process instead was no cheaper: its database writes slowed the run's
+training on the other core by as much as they saved.)
 
 Messages are pickled into bytes by :class:`ArrayPickler` (not by ``multiprocessing``'s
 pickler, with which torch would move the live parameters' storage to shared memory). Each
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import multiprocessing
 import os
 import pickle
@@ -36,15 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from mlflow.exceptions import MlflowException
 from torch import Tensor, nn
 
 from otbench.errors import OtbenchError
 from otbench.methods import LayerPair
 
-from .diagnostics import DiagnosticsRecorder, save_arrays
+from .diagnostics import DiagnosticsRecorder, MetricLog, save_arrays
 from .plugins import load_plugins
-from .tracking import RunLogger, client_for
 
 try:
     import fcntl
@@ -158,20 +157,18 @@ class BackgroundRecorder:
     def __init__(self, process: DiagnosticsProcess, token: int, student: nn.Module,
                  opening: bytes) -> None:
         self.process, self.token, self.student = process, token, student
-        self.log: RunLogger | None = None
+        self.log: MetricLog | None = None
         self._arrays: dict[str, np.ndarray] | None = None
         process.send("open", token, opening)
 
-    def attach(self, log: RunLogger) -> None:
-        """The process logs the metrics to ``log``'s run, with a client of its own; those it
-        has not written by the end come back to ``log``."""
+    def attach(self, log: MetricLog) -> None:
+        """Log the metrics that come back to ``log``, at their epoch's step."""
         self.log = log
-        self.process.send("attach", self.token, (log.client.tracking_uri, log.run_id))
 
     def submit(self, epoch: int) -> None:
-        """Send this epoch's weights (an error of an earlier epoch is raised here)."""
+        """Send this epoch's weights; log the metrics of the epochs recorded since."""
         self.process.send("record", self.token, (epoch, self.student.state_dict()))
-        self.process.receive(self.token, wait=False)
+        self._take(self.process.receive(self.token, wait=False))
 
     def finish(self) -> None:
         """No more epochs: the process records the last while the run scores its test split
@@ -179,15 +176,18 @@ class BackgroundRecorder:
         self.process.send("finish", self.token, None)
 
     def save(self, path: Path) -> Path:
-        """Wait for the recording's end, hand the metrics the process had not written yet to
-        the run's own logger (its next write, not one more transaction), save the arrays."""
+        """Wait for every epoch's metrics (logged) and the arrays, and save those."""
         while self._arrays is None:
-            for kind, payload in self.process.receive(self.token, wait=True):
-                if kind == "end":
-                    unwritten, self._arrays = payload
-                    if self.log is not None:
-                        self.log.extend(unwritten)
+            self._take(self.process.receive(self.token, wait=True))
         return save_arrays(self._arrays, path)
+
+    def _take(self, replies: list[tuple[str, Any]]) -> None:
+        for kind, payload in replies:
+            if kind == "arrays":
+                self._arrays = payload
+            elif kind == "metrics" and self.log is not None:
+                epoch, metrics = payload
+                self.log.log_metrics(metrics, step=epoch)
 
 
 class ArrayPickler(pickle.Pickler):
@@ -218,51 +218,27 @@ def dumps(obj: Any) -> bytes:
 
 
 class _Server:
-    """The process's side: the recorder of the run being served, logging to that run."""
+    """The process's side: the recorder of the run being served."""
 
     def __init__(self) -> None:
         self.recorder: DiagnosticsRecorder | None = None
-        self.log: RunLogger | None = None
-        self.clients: dict[str, Any] = {}
 
     def handle(self, kind: str, payload: Any) -> tuple[str, Any] | None:
         if kind == "open":
-            with contextlib.suppress(MlflowException):  # not this run's error to raise
-                self.close_run()  # an earlier run's, stopped early
+            self.recorder = None  # an earlier run's, stopped early
             teacher, student, pairs, probe = pickle.loads(payload)
             self.recorder = DiagnosticsRecorder(teacher, student, pairs, probe)
             return None
         if self.recorder is None:
             raise RuntimeError(f"{kind!r} before the run's recording was opened")
-        if kind == "attach":
-            uri, run_id = payload
-            if uri not in self.clients:
-                self.clients[uri] = client_for(uri)
-            self.log = RunLogger(self.clients[uri], run_id, flush_seconds=math.inf)
-            self.recorder.attach(self.log)
-            return None
         if kind == "record":
             epoch, state = payload
             self.recorder.student.load_state_dict(state)
-            self.recorder.submit(epoch)
-            return None
+            return "metrics", (epoch, self.recorder.record(epoch))
         if kind == "finish":
-            unwritten = self.log.take_pending() if self.log is not None else []
-            arrays = self.recorder.arrays()
-            self.close_run()
-            return "end", (unwritten, arrays)
+            arrays, self.recorder = self.recorder.arrays(), None
+            return "arrays", arrays
         raise ValueError(f"unknown message {kind!r}")
-
-    def flush(self) -> None:
-        """Write the metrics logged so far (when no epoch waits to be recorded)."""
-        if self.log is not None:
-            self.log.flush()
-
-    def close_run(self) -> None:
-        """Write what the run being served logged, and forget it."""
-        log, self.log, self.recorder = self.log, None, None
-        if log is not None:
-            log.flush()
 
 
 def serve(inbox: Connection, outbox: Connection, threads: int) -> None:
@@ -284,8 +260,6 @@ def serve(inbox: Connection, outbox: Connection, threads: int) -> None:
             continue  # its error was sent already
         try:
             reply = server.handle(kind, payload)
-            if messages.empty():
-                server.flush()
         except Exception:
             failed, reply = token, ("error", traceback.format_exc())
         if reply is not None:

@@ -11,7 +11,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
@@ -159,18 +159,9 @@ class RunLogger:
         if time.monotonic() - self.last_flush >= self.flush_seconds:
             self.flush()
 
-    def extend(self, metrics: Iterable[Metric]) -> None:
-        """Add metrics another logger took (:meth:`take_pending`) to this one's next write."""
-        self.pending += metrics
-
-    def take_pending(self) -> list[Metric]:
-        """The metrics not written yet, which this logger will no longer write."""
-        pending, self.pending = self.pending, []
-        return pending
-
     def flush(self) -> None:
         """Write the pending metrics."""
-        pending = self.take_pending()
+        pending, self.pending = self.pending, []
         for start in range(0, len(pending), MAX_BATCH_METRICS):
             self.client.log_batch(self.run_id, metrics=pending[start:start + MAX_BATCH_METRICS])
         self.last_flush = time.monotonic()

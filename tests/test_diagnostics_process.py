@@ -24,7 +24,6 @@ from otbench.benchmark.diagnostics_process import (
     BackgroundRecorder,
     DiagnosticsProcess,
     DiagnosticsProcessError,
-    _Server,
     dumps,
 )
 from otbench.benchmark.models import build_model
@@ -152,11 +151,11 @@ def test_a_run_recorded_in_the_process_logs_what_its_own_process_would(tmp_path,
         assert torch.equal(value, weights[1][name]), name
 
 
-def test_a_recording_stopped_early_keeps_its_metrics_and_is_not_the_next_one(process,
-                                                                            store) -> None:
+def test_the_replies_of_a_recording_stopped_early_are_not_the_next_ones(process,
+                                                                       store) -> None:
     teacher, student, probe = models()
-    abandoned, pruned = process.recorder(teacher, student, PAIRS, probe), new_run(store)
-    abandoned.attach(pruned)
+    abandoned = process.recorder(teacher, student, PAIRS, probe)
+    abandoned.attach(new_run(store))
     for epoch in range(4):  # a pruned run: no finish
         abandoned.submit(epoch)
     teacher, student, probe = models(seed=1)
@@ -166,31 +165,11 @@ def test_a_recording_stopped_early_keeps_its_metrics_and_is_not_the_next_one(pro
                              store)
     assert set(expected) == {0, 1}
     assert_same_metrics(got, expected)
-    assert set(logged(store, pruned.run_id)) == {0, 1, 2, 3}
 
 
 def diagnostic_values(metrics: dict[str, float]) -> dict[str, float]:
     """The ``diag/…`` metrics (not their time, nor a run's own metrics)."""
     return {k: v for k, v in metrics.items() if k.startswith("diag/")}
-
-
-def test_the_process_writes_when_idle_and_hands_back_what_it_had_not(store) -> None:
-    """What the process has not written when the run ends goes into the run's own last
-    write instead of one more transaction the run would wait for."""
-    teacher, student, probe = models()
-    server, run = _Server(), new_run(store)
-    server.handle("open", dumps((teacher, student, PAIRS, probe)))
-    server.handle("attach", (store, run.run_id))
-    server.handle("record", (0, student.state_dict()))
-    server.flush()  # no epoch waiting
-    server.handle("record", (1, student.state_dict()))
-    kind, (unwritten, arrays) = server.handle("finish", None)
-    assert kind == "end" and list(arrays["epochs"]) == [0, 1]
-    assert set(logged(store, run.run_id)) == {0}
-    assert {m.step for m in unwritten} == {1}
-    run.extend(unwritten)
-    run.flush()
-    assert set(logged(store, run.run_id)) == {0, 1}
 
 
 def test_an_error_in_the_process_is_raised_with_its_traceback(process, store) -> None:
