@@ -8,11 +8,13 @@ and fonts are set for a paper column (~3.3 in) so a figure reads at print size.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import multiprocessing
 import os
 import pickle
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -82,9 +84,10 @@ def styled(builder: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def save_figure(fig: Figure, folder: Path, stem: str) -> list[Path]:
+def save_figure(fig: Figure, folder: Path, stem: str, keep: Path | None = None) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf``; the PDF has no creation date, so re-running a
-    report on the same runs gives the same file."""
+    report on the same runs gives the same file. ``keep``: a copy of both goes there too (a
+    :class:`FigureWriter`'s cache; the suffixes are added)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = figure_paths(folder, stem)
     with paper_style():
@@ -93,7 +96,41 @@ def save_figure(fig: Figure, folder: Path, stem: str) -> list[Path]:
         # engine at all (not "none", a placeholder) also spares the PDF a layout draw pass.
         fig.set_layout_engine(None)
         fig.savefig(paths[1], metadata={"CreationDate": None})
+    if keep is not None:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        for path, kept in zip(paths, figure_paths(keep.parent, keep.name), strict=True):
+            partial = kept.with_name(f".{kept.name}.{os.getpid()}")
+            shutil.copyfile(path, partial)
+            os.replace(partial, kept)  # whole or absent, for a reader in another process
     return paths
+
+
+@functools.cache
+def drawing_code() -> str:
+    """A hash of what draws the report's figures besides their data: this package's source,
+    matplotlib's version and the style. A cached figure is reused only under the same."""
+    digest = hashlib.sha256(f"{mpl.__version__} {sorted(STYLE.items())}".encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def content_key(*parts: object) -> str:
+    """A key for everything a figure is drawn from: frames by their content (values, index,
+    columns), arrays by their bytes, anything else by its ``repr``; and :func:`drawing_code`.
+    """
+    digest = hashlib.sha256(drawing_code().encode())
+    for part in parts:
+        if isinstance(part, pd.DataFrame):
+            digest.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
+            digest.update(repr(list(part.columns)).encode())
+        elif isinstance(part, np.ndarray):
+            digest.update(f"{part.dtype.str}{part.shape}".encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 @contextmanager
@@ -123,7 +160,8 @@ def default_figure_workers() -> int:
 
 
 class FigureWriter:
-    """Writes a report's figures as PNG and PDF, optionally on several processes.
+    """Writes a report's figures as PNG and PDF, optionally on several processes, and reuses
+    figures drawn before from the same data.
 
     Drawing is most of a report's time and every figure is independent. With ``workers``
     > 1, :meth:`add` pickles the figure and hands it to a pool of spawned processes at once,
@@ -132,29 +170,59 @@ class FigureWriter:
     default, one worker, draws each figure here when added: spawned workers re-import a
     script's main module, which is only safe behind ``if __name__ == "__main__"`` (as in
     the ``otbench`` command).
+
+    With a ``cache`` folder, a figure added with a key (:func:`content_key` of what it is
+    drawn from) is kept there under it, and a later figure of that key is copied from there
+    instead of being built and drawn (a sweep draws a result column's figures this way while
+    its other columns train). :meth:`prune` drops the kept figures this writer did not use.
     """
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, cache: Path | None = None) -> None:
         if workers < 1:
             raise ValueError(f"figure workers must be at least 1, got {workers}")
         self.workers = workers
+        self.cache = cache
+        self.used: set[str] = set()
         self.pool: ProcessPoolExecutor | None = None
         self.jobs: list[Future[list[Path]]] = []
 
-    def add(self, fig: Figure, folder: Path, stem: str) -> list[Path]:
-        """Write (or start writing) ``fig``; returns the PNG and PDF paths it will have."""
+    def add(self, fig: Figure | Callable[[], Figure], folder: Path, stem: str,
+            key: str | None = None) -> list[Path]:
+        """Write (or start writing) ``fig``, or the figure it builds; returns the PNG and PDF
+        paths it will have. With a ``key`` and a cache, a kept figure is copied instead."""
+        keep = None
+        if key is not None and self.cache is not None:
+            self.used.add(key)
+            keep = self.cache / key
+            kept = figure_paths(self.cache, key)
+            if all(path.is_file() for path in kept):
+                folder.mkdir(parents=True, exist_ok=True)
+                for source, path in zip(kept, figure_paths(folder, stem), strict=True):
+                    shutil.copyfile(source, path)
+                return figure_paths(folder, stem)
+        if not isinstance(fig, Figure):
+            fig = fig()
         try:
             payload = pickle.dumps(fig) if self.workers > 1 else None
         except (pickle.PicklingError, TypeError, AttributeError):
             payload = None
         if payload is None:
-            return save_figure(fig, folder, stem)
+            return save_figure(fig, folder, stem, keep)
         if self.pool is None:
             context = multiprocessing.get_context("spawn")  # no forked threads or DB handles
             self.pool = ProcessPoolExecutor(self.workers, mp_context=context,
                                             initializer=_start_figure_worker)
-        self.jobs.append(self.pool.submit(save_pickled_figure, payload, folder, stem))
+        self.jobs.append(self.pool.submit(save_pickled_figure, payload, folder, stem, keep))
         return figure_paths(folder, stem)
+
+    def prune(self) -> None:
+        """Drop the cache's figures whose key this writer did not use: a report keeps those
+        of its own figures only."""
+        if self.cache is None or not self.cache.is_dir():
+            return
+        for path in self.cache.iterdir():
+            if path.name.split(".")[0] not in self.used:
+                path.unlink(missing_ok=True)
 
     def close(self, cancel: bool = False) -> None:
         """Wait for every figure (a worker's exception is raised here), or cancel them."""
@@ -176,9 +244,10 @@ class FigureWriter:
         self.close(cancel=kind is not None)
 
 
-def save_pickled_figure(payload: bytes, folder: Path, stem: str) -> list[Path]:
+def save_pickled_figure(payload: bytes, folder: Path, stem: str,
+                        keep: Path | None = None) -> list[Path]:
     """A :class:`FigureWriter` worker's job."""
-    return save_figure(pickle.loads(payload), folder, stem)
+    return save_figure(pickle.loads(payload), folder, stem, keep)
 
 
 def figure_paths(folder: Path, stem: str) -> list[Path]:

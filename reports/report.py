@@ -3,12 +3,15 @@
     out/results.csv   one row per final run (tidy)     out/summary.csv  one row per table cell
     out/table.md|tex|html                              out/figures/*.png|pdf
     out/report.html   everything above on one self-contained page
+    out/.figure-cache the diagnostics figures by the key of their data, for the next report
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +97,12 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
     storage = storage or studies.default_storage(tracking_uri)
     # The PNGs exist once the block ends. The many small study figures go last, so that no
     # drawing process waits at the end while another draws a large figure alone.
-    with plots.FigureWriter(figure_workers) as writer:
+    with plots.FigureWriter(figure_workers, cache=out / FIGURE_CACHE) as writer:
         figures, notes = result_figures(runs, histories, table, figures_dir, writer)
         diag_figures, diag_notes, diag_texts = representation_section(
             client, final, table, out, writer, "csv" in wanted)
         study_figures, study_notes = study_figures_for(runs, storage, figures_dir, writer)
+    writer.prune()
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
@@ -207,6 +211,8 @@ def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTab
 
 DIAG_SECTION = "Representation diagnostics"
 DIAG_CSV = "diagnostics.csv"
+#: The report folder's cache of figures drawn ahead or by an earlier report, by data key.
+FIGURE_CACHE = ".figure-cache"
 
 
 def representation_section(client: Any, final: pd.DataFrame, table: ResultTable, out: Path,
@@ -220,35 +226,14 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
                     "(diagnostics were off): no distance, CKA, stability or transport-plan "
                     "figures."], {}
     opts = table.options
-    folder = out / "figures"
-    entries: list[FigureEntry] = []
-    notes: list[str] = []
-
-    def save(caption: str, fig: Any, name: str) -> None:
-        png, pdf = writer.add(fig, folder, name)
-        entries.append(FigureEntry(DIAG_SECTION, caption, png, pdf))
-
-    layers = representation.logged_layers(final)
-    histories = metric_histories(client, final.run_id, representation.history_keys(layers))
-    for column in table.columns:
-        runs = final[plots.in_column(final, column)]
-        here = representation.logged_layers(runs)
-        if not here:
-            notes.append(f"{plots.title(table, column)}: no diagnostics logged; no "
-                         "representation figures.")
-            continue
-        save(f"{plots.title(table, column)}: OT distance to the teacher, linear CKA (epoch 0: "
-             "before training) and the fraction of student neurons whose matched teacher "
-             "neuron changed since the previous epoch, mean ± std over seeds, one column of "
-             "panels per layer",
-             representation.diagnostic_curves(runs, histories, table, column,
-                                              ("ot", "cka", "stability"), here),
-             f"diag_curves_{stem(column)}")
-    notes += _plan_figure(client, final, table, save)
+    entries, notes = column_diagnostics(client, final, table, table.columns, out / "figures",
+                                        writer)
     points = representation.final_distances(final, opts.metric)
-    save(f"{plots._metric_label(opts)} vs. final OT distance to the teacher at each run's "
-         "deepest diagnosed layer, one point per final run",
-         representation.accuracy_vs_distance(points, table), "diag_accuracy_vs_distance")
+    png, pdf = writer.add(representation.accuracy_vs_distance(points, table), out / "figures",
+                          "diag_accuracy_vs_distance")
+    entries.append(FigureEntry(DIAG_SECTION, f"{plots._metric_label(opts)} vs. final OT "
+                               "distance to the teacher at each run's deepest diagnosed "
+                               "layer, one point per final run", png, pdf))
     correlations = representation.distance_correlations(points, table)
     if csv:
         points.to_csv(out / DIAG_CSV, index=False)
@@ -256,11 +241,42 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
     return entries, notes, {DIAG_SECTION: [" ".join(sentences)]} if sentences else {}
 
 
-def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, save: Any) -> list[str]:
+def column_diagnostics(client: Any, final: pd.DataFrame, table: ResultTable,
+                       columns: Sequence[Column], folder: Path, writer: plots.FigureWriter
+                       ) -> tuple[list[FigureEntry], list[str]]:
+    """The curve grid of each of ``columns`` and the plan heat map (when its column is among
+    them), each added under the key of its data, so that one drawn ahead is reused."""
+    entries: list[FigureEntry] = []
+    notes: list[str] = []
+
+    def save(caption: str, build: Callable[[], Any], name: str, key: str) -> None:
+        png, pdf = writer.add(build, folder, name, key=key)
+        entries.append(FigureEntry(DIAG_SECTION, caption, png, pdf))
+
+    layers = representation.logged_layers(final)
+    histories = metric_histories(client, final.run_id, representation.history_keys(layers))
+    for column in columns:
+        here = representation.logged_layers(final[plots.in_column(final, column)])
+        if not here:
+            notes.append(f"{plots.title(table, column)}: no diagnostics logged; no "
+                         "representation figures.")
+            continue
+        data = representation.curve_data(final, histories, table, column,
+                                          ("ot", "cka", "stability"), here)
+        save(f"{data.heading}: OT distance to the teacher, linear CKA (epoch 0: before "
+             "training) and the fraction of student neurons whose matched teacher neuron "
+             "changed since the previous epoch, mean ± std over seeds, one column of panels "
+             "per layer", partial(representation.diagnostic_curves, data),
+             f"diag_curves_{stem(column)}", data.key())
+    return entries, notes + _plan_figure(client, final, table, columns, save)
+
+
+def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable,
+                 columns: Sequence[Column], save: Any) -> list[str]:
     """Heat maps of one OT run (issue #9) at its deepest layer (the one the accuracy scatter
     uses; the curves show every layer's matching stability): the first seed's, in the first
-    column whose plans can be read; a note for each column tried before, or when there is
-    none to draw."""
+    column whose plans can be read (drawn when that column is among ``columns``); a note for
+    each column tried before, or when there is none to draw."""
     notes = []
     for column in table.columns:
         name = plots.title(table, column)
@@ -279,15 +295,38 @@ def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, save: Any
             notes.append(f"{name}: {representation.ARTIFACT} of run {run.run_id} holds no "
                          "plans; no heat map.")
             continue
-        seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
-        layer = list(plans)[-1]  # the file keeps the configured order, shallow to deep
-        save(f"{name}: transport plan at layer {layer} of the "
-             f"{table.options.method_label('ot')} run{seed} at epochs {epochs[0]} and "
-             f"{epochs[1]}; student neurons ordered by their final matched teacher neuron",
-             representation.plan_heatmaps({layer: plans[layer]}, epochs, f"{name}{seed}"),
-             f"diag_plan_{stem(column)}")
+        if column in columns:
+            seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
+            layer = list(plans)[-1]  # the file keeps the configured order, shallow to deep
+            heading = f"{name}{seed}"
+            save(f"{name}: transport plan at layer {layer} of the "
+                 f"{table.options.method_label('ot')} run{seed} at epochs {epochs[0]} and "
+                 f"{epochs[1]}; student neurons ordered by their final matched teacher neuron",
+                 partial(representation.plan_heatmaps, {layer: plans[layer]}, epochs,
+                         heading), f"diag_plan_{stem(column)}",
+                 plots.content_key(*plans[layer], layer, epochs, heading))
         return notes
     return notes or ["No final OT run: no transport-plan heat map."]
+
+
+def prepare_diagnostics(tracking_uri: str, experiment: str, out_dir: str | Path,
+                        columns: Iterable[tuple[str, str, str]]) -> None:
+    """Draw the diagnostics figures of these result columns, given as (scenario, entry,
+    task), into the figure cache of the report written to ``out_dir``, where that report
+    copies them instead of drawing them if their data is the same then: a sweep calls it on
+    a spare core once a column's final runs are done, while its other columns train."""
+    opts = ReportOptions.from_mapping(None)
+    client = open_client(tracking_uri)
+    exp = find_experiment(client, experiment)
+    final = final_results(runs_frame(iter_runs(client, exp.experiment_id)), opts)
+    if not representation.has_diagnostics(final):
+        return
+    table = summarize(final, opts)
+    wanted = set(columns)
+    chosen = [column for column in table.columns if tuple(column) in wanted]
+    with (plots.FigureWriter(cache=Path(out_dir) / FIGURE_CACHE) as writer,
+          tempfile.TemporaryDirectory() as scratch):
+        column_diagnostics(client, final, table, chosen, Path(scratch), writer)
 
 
 def study_figures_for(runs: pd.DataFrame, storage: str | None, folder: Path,

@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,17 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from .collect import CONFIG_PREFIX
-from .plots import COLUMN_WIDTH, HEIGHT, TEXT_WIDTH, _band, in_column, method_color, styled, title
+from .plots import (
+    COLUMN_WIDTH,
+    HEIGHT,
+    TEXT_WIDTH,
+    _band,
+    content_key,
+    in_column,
+    method_color,
+    styled,
+    title,
+)
 from .tables import Column, ResultTable
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per report
@@ -228,45 +239,68 @@ def _legend(fig: Figure, axes: np.ndarray) -> int:
     return -(-len(seen) // LEGEND_COLUMNS)
 
 
-def _method_curves(ax: Any, per_step: pd.DataFrame, key: str, table: ResultTable) -> None:
-    """Each method's mean ± std over runs per epoch of one metric, from ``per_step``
-    (indexed by key, method, step)."""
+@dataclass(frozen=True)
+class CurveData:
+    """Everything a column's curve grid is drawn from (:func:`curve_data`), so that its
+    :meth:`key` names the figure (see :class:`~.plots.FigureWriter`)."""
+
+    per_step: pd.DataFrame  # mean and std over the runs, by key, method and step
+    methods: tuple[tuple[str, str, str], ...]  # (method, label, color), in table order
+    quantities: tuple[str, ...]
+    layers: tuple[str, ...]
+    heading: str
+
+    def key(self) -> str:
+        return content_key(self.per_step, self.methods, self.quantities, self.layers,
+                           self.heading)
+
+
+def curve_data(final: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
+               column: Column, quantities: Iterable[str], layers: list[str]) -> CurveData:
+    """The per-epoch mean and std of each method's runs in ``column``, with their labels."""
+    chosen = final[in_column(final, column)]
+    curves = histories[histories.run_id.isin(chosen.run_id)].merge(
+        chosen[["run_id", "method"]], on="run_id")
+    # One value per run and step: mean and std over the runs (seeds) in one pass.
+    per_step = curves.groupby(["key", "method", "step"])["value"].agg(["mean", "std"])
     opts = table.options
-    if key not in per_step.index.get_level_values("key"):
+    methods = opts.order_methods(per_step.index.get_level_values("method").unique())
+    return CurveData(per_step, tuple((m, opts.method_label(m), method_color(m)) for m in methods),
+                     tuple(quantities), tuple(layers), title(table, column))
+
+
+def _method_curves(ax: Any, data: CurveData, key: str) -> None:
+    """Each method's mean ± std over runs per epoch of one metric."""
+    if key not in data.per_step.index.get_level_values("key"):
         return
-    rows = per_step.xs(key, level="key")
-    for method in opts.order_methods(rows.index.get_level_values("method").unique()):
-        curve = rows.xs(method, level="method")
-        _band(ax, curve.index.to_numpy(), curve["mean"].to_numpy(), curve["std"].to_numpy(),
-              method_color(method), opts.method_label(method))
+    rows = data.per_step.xs(key, level="key")
+    present = set(rows.index.get_level_values("method"))
+    for method, label, color in data.methods:
+        if method in present:
+            curve = rows.xs(method, level="method")
+            _band(ax, curve.index.to_numpy(), curve["mean"].to_numpy(),
+                  curve["std"].to_numpy(), color, label)
     # Few ticks: a grid of small panels reads better, and tick labels are most of its drawing.
     ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
 
 
 @styled
-def diagnostic_curves(final: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
-                      column: Column, quantities: Iterable[str], layers: list[str]) -> Figure:
+def diagnostic_curves(data: CurveData) -> Figure:
     """One row of panels per quantity, one panel per layer: each method's mean over seeds per
     epoch (epoch 0: before training) with a ±std band."""
-    chosen = final[in_column(final, column)]
-    curves = histories[histories.run_id.isin(chosen.run_id)].merge(
-        chosen[["run_id", "method"]], on="run_id")
-    # One value per run and step: mean and std over the runs (seeds) in one pass.
-    per_step = curves.groupby(["key", "method", "step"])["value"].agg(["mean", "std"])
-    quantities = list(quantities)
-    fig, axes = _panels(len(quantities), len(layers), sharex="col", layout=None)
-    for row, quantity in enumerate(quantities):
-        for col, layer in enumerate(layers):
+    fig, axes = _panels(len(data.quantities), len(data.layers), sharex="col", layout=None)
+    for row, quantity in enumerate(data.quantities):
+        for col, layer in enumerate(data.layers):
             ax = axes[row, col]
-            _method_curves(ax, per_step, f"{DIAG_PREFIX}{quantity}/{layer}", table)
+            _method_curves(ax, data, f"{DIAG_PREFIX}{quantity}/{layer}")
             if row == 0:
                 ax.set_title(layer)
-            if row == len(quantities) - 1:
+            if row == len(data.quantities) - 1:
                 ax.set_xlabel("Epoch")
             if col == 0:
                 ax.set_ylabel(QUANTITIES[quantity])
-    _place_grid(fig, axes, title(table, column), _legend(fig, axes))
+    _place_grid(fig, axes, data.heading, _legend(fig, axes))
     return fig
 
 

@@ -134,7 +134,7 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
     from .studies import with_installed_driver
 
     return write(tracking_uri_for(suite.tracking_uri, suite.results_dir), suite.experiment,
-                 Path(suite.results_dir) / "report", storage=with_installed_driver(storage_url),
+                 suite.report_dir, storage=with_installed_driver(storage_url),
                  figure_workers=default_figure_workers())
 
 

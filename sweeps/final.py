@@ -93,6 +93,8 @@ def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 
 def run_seed(worker: Worker, work: StudyWork) -> None:
+    if worker.ahead is not None:
+        worker.ahead.final_started(work.spec)
     run_one(work.final, lambda trial: objective(worker, work, trial),
             lambda trial: report(worker, work, trial))
 

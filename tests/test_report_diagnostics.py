@@ -18,10 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from scipy import stats
 
 from otbench.benchmark.tracking import mlflow_run
-from otbench.reports import ReportOptions, write_report
+from otbench.reports import ReportOptions, representation, write_report
 from otbench.reports.collect import metric_histories, open_client, read_runs
+from otbench.reports.report import FIGURE_CACHE, prepare_diagnostics
 from otbench.reports.representation import (
     accuracy_vs_distance,
+    curve_data,
     diagnostic_curves,
     distance_correlations,
     final_distances,
@@ -186,7 +188,8 @@ def test_curve_figures_have_one_series_per_method_per_panel(setup) -> None:
     uri, final, table = setup
     histories = metric_histories(open_client(uri), final.run_id, history_keys(LAYERS))
     runs = final[final.task == TASK_A]
-    fig = diagnostic_curves(runs, histories, table, column_a(), ("ot", "cka"), list(LAYERS))
+    fig = diagnostic_curves(curve_data(runs, histories, table, column_a(), ("ot", "cka"),
+                                       list(LAYERS)))
     assert len(fig.axes) == 4
     for ax in fig.axes:
         assert len(ax.get_lines()) == 2
@@ -198,8 +201,8 @@ def test_curve_figures_have_one_series_per_method_per_panel(setup) -> None:
     seeds = [ot_history(d, LAYERS[-1]) for _, d in RUNS[("transfer", TASK_A, "ot")]]
     assert list(ot_line.get_xdata()) == list(range(EPOCHS + 1))
     assert ot_line.get_ydata() == pytest.approx(np.mean(seeds, axis=0))
-    stability = diagnostic_curves(runs, histories, table, column_a(), ("stability",),
-                                  list(LAYERS))
+    stability = diagnostic_curves(curve_data(runs, histories, table, column_a(),
+                                             ("stability",), list(LAYERS)))
     assert len(stability.axes) == 2
     line = stability.axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [1, 2, 3]
@@ -214,8 +217,8 @@ def test_curve_grid_keeps_long_tick_labels_apart_without_a_layout_engine(setup) 
     large = histories.key.str.startswith("diag/ot/")
     extreme = histories.assign(value=np.where(large, 12345.6 * histories.value,
                                               1.234e-4 * histories.value))
-    fig = diagnostic_curves(final[final.task == TASK_A], extreme, table, column_a(),
-                            ("ot", "cka", "stability"), list(LAYERS))
+    fig = diagnostic_curves(curve_data(final, extreme, table, column_a(),
+                                       ("ot", "cka", "stability"), list(LAYERS)))
     FigureCanvasAgg(fig).draw()
     renderer = fig.canvas.get_renderer()
     panels = [ax.get_tightbbox(renderer) for ax in fig.axes]
@@ -271,6 +274,35 @@ def test_report_writes_figures_paragraph_and_notes(report: Path) -> None:
     assert f"transport plan at layer {LAYERS[-1]} of the OT run" in page  # the deepest
     points = pd.read_csv(report.parent / "diagnostics.csv")
     assert len(points) == sum(len(v) for v in RUNS.values())
+
+
+def not_drawn(*_: object) -> None:
+    raise AssertionError("drawn again")
+
+
+def test_figures_drawn_ahead_are_copied_by_the_report(store, report: Path,
+                                                     monkeypatch) -> None:
+    """A sweep draws a finished column's figures ahead; the report of the same runs copies
+    them (the files it would have drawn) and draws the other column's only."""
+    uri, folder = store
+    out = folder / "ahead"
+    column_b = Column("distill", "distill", TASK_B)
+    prepare_diagnostics(uri, EXPERIMENT, out, [tuple(column_b)])
+    cache = out / FIGURE_CACHE
+    ahead = sorted(path.name for path in cache.iterdir())
+    assert len(ahead) == 4  # column B's curves and the heat map (of B's OT run), PNG and PDF
+    headings: list[str] = []
+    draw = representation.diagnostic_curves
+    monkeypatch.setattr(representation, "diagnostic_curves",
+                        lambda data: headings.append(data.heading) or draw(data))
+    monkeypatch.setattr(representation, "plan_heatmaps", not_drawn)
+    page = write_report(uri, EXPERIMENT, out, storage="sqlite:///:memory:")
+    assert headings == ["Transfer · Digits 5-9 @10"]
+    for name in ("diag_curves_distill_digits_0-9", "diag_plan_distill_digits_0-9"):
+        for suffix in (".png", ".pdf"):
+            copied = (page.parent / "figures" / name).with_suffix(suffix).read_bytes()
+            assert copied == (report.parent / "figures" / name).with_suffix(suffix).read_bytes()
+    assert set(ahead) < {path.name for path in cache.iterdir()}  # used: kept
 
 
 def test_no_diagnostics_is_a_note(store: tuple[str, Path]) -> None:

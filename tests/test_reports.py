@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import matplotlib.colors
@@ -21,6 +22,7 @@ import optuna
 import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
 from scipy import stats
 
 from otbench.benchmark.cli import main
@@ -47,6 +49,7 @@ from otbench.reports.plots import (
     FigureWriter,
     accuracy_bars,
     accuracy_vs_samples,
+    content_key,
     default_figure_workers,
     method_color,
     new_figure,
@@ -653,6 +656,46 @@ def test_drawing_processes_freeze_their_imports(tmp_path: Path) -> None:
         writer.add(fig, tmp_path, "line")
         assert writer.pool is not None
         assert writer.pool.submit(gc.get_freeze_count).result() > 0
+
+
+def line_figure(height: float, built: list[float] | None = None) -> Figure:
+    if built is not None:
+        built.append(height)
+    fig, ax = new_figure()
+    ax.plot([0, 1], [0, height])
+    return fig
+
+
+def test_a_kept_figure_is_copied_for_the_same_data_only(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with FigureWriter(2, cache=cache) as writer:  # kept by a drawing process
+        writer.add(partial(line_figure, 1.0), tmp_path / "first", "line", key=content_key(1.0))
+    built: list[float] = []
+    with FigureWriter(cache=cache) as writer:
+        writer.add(partial(line_figure, 1.0, built), tmp_path / "again", "line",
+                   key=content_key(1.0))
+        writer.add(partial(line_figure, 2.0, built), tmp_path / "again", "other",
+                   key=content_key(2.0))
+    assert built == [2.0]  # the same data's figure was not built again
+    for suffix in (".png", ".pdf"):
+        assert ((tmp_path / "first" / "line").with_suffix(suffix).read_bytes()
+                == (tmp_path / "again" / "line").with_suffix(suffix).read_bytes())
+    with FigureWriter(cache=cache) as writer:
+        writer.add(partial(line_figure, 2.0), tmp_path / "last", "other", key=content_key(2.0))
+    writer.prune()
+    assert sorted(path.name for path in cache.iterdir()) == [
+        f"{content_key(2.0)}.pdf", f"{content_key(2.0)}.png"]
+
+
+def test_content_key_follows_the_data() -> None:
+    frame = pd.DataFrame({"mean": [0.5, 0.25]}, index=pd.Index([1, 2], name="step"))
+    assert content_key(frame, "a") == content_key(frame.copy(), "a")
+    assert content_key(frame, "a") != content_key(frame, "b")
+    assert content_key(frame, "a") != content_key(frame.assign(mean=[0.5, 0.2500001]), "a")
+    assert content_key(frame, "a") != content_key(frame.rename(columns={"mean": "std"}), "a")
+    array = np.arange(6.0).reshape(2, 3)
+    assert content_key(array) == content_key(array.copy())
+    assert content_key(array) != content_key(array.reshape(3, 2))
 
 
 # --------------------------------------------------------------------------- errors, CLI
