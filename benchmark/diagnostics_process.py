@@ -158,6 +158,7 @@ class BackgroundRecorder:
                  opening: bytes) -> None:
         self.process, self.token, self.student = process, token, student
         self.log: MetricLog | None = None
+        self.finished = False
         self._arrays: dict[str, np.ndarray] | None = None
         process.send("open", token, opening)
 
@@ -174,9 +175,12 @@ class BackgroundRecorder:
         """No more epochs: the process records the last while the run scores its test split
         (:meth:`save` waits for it)."""
         self.process.send("finish", self.token, None)
+        self.finished = True
 
     def save(self, path: Path) -> Path:
         """Wait for every epoch's metrics (logged) and the arrays, and save those."""
+        if not self.finished:  # the process sends the arrays only once asked to finish
+            raise RuntimeError("finish() the recording before saving it")
         while self._arrays is None:
             self._take(self.process.receive(self.token, wait=True))
         return save_arrays(self._arrays, path)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .suite import StudySpec, Suite
 
-Column = tuple[str, str, str]  # scenario, entry, task: a report's result column
+ColumnKey = tuple[str, str, str]  # scenario, entry, task: a report's result column
 
 
 class FiguresAhead:
@@ -29,7 +29,7 @@ class FiguresAhead:
 
     def __init__(self, suite: Suite, tracking_uri: str) -> None:
         self.suite, self.tracking_uri = suite, tracking_uri
-        self.column: Column | None = None
+        self.column: ColumnKey | None = None
         self.pool: Pool | None = None
 
     def final_started(self, spec: StudySpec) -> None:
@@ -39,7 +39,7 @@ class FiguresAhead:
             self._submit(self.column)
         self.column = column
 
-    def _submit(self, column: Column) -> None:
+    def _submit(self, column: ColumnKey) -> None:
         if self.pool is None:
             self.pool = multiprocessing.get_context("spawn").Pool(1, _spare_time_only)
         self.pool.apply_async(_draw, (self.tracking_uri, self.suite.experiment,
@@ -74,7 +74,7 @@ def _warn(err: BaseException) -> None:
                   "the report draws them", RuntimeWarning, stacklevel=1)
 
 
-def _draw(tracking_uri: str, experiment: str, report_dir: Path, column: Column) -> None:
+def _draw(tracking_uri: str, experiment: str, report_dir: Path, column: ColumnKey) -> None:
     """The process's job; the reports package is imported there, not in the worker."""
     from otbench.reports.report import prepare_diagnostics
 

@@ -191,6 +191,14 @@ def test_ctrl_c_is_left_to_the_run_s_process(process, store) -> None:
                              2, store)) == {0, 1}
 
 
+def test_saving_before_finishing_is_an_error_not_a_wait(process) -> None:
+    teacher, student, probe = models()
+    recorder = process.recorder(teacher, student, PAIRS, probe)
+    recorder.submit(0)
+    with pytest.raises(RuntimeError, match=r"finish\(\) the recording before saving it"):
+        recorder.save(Path("unused.npz"))
+
+
 def test_models_that_cannot_be_pickled_are_recorded_in_the_run_s_process(process) -> None:
     teacher, student, probe = models()
     student.activation = lambda x: x  # a lambda: pickle refuses it
