@@ -96,6 +96,8 @@ class RunConfig(Strict):
     experiment: str = "otbench"
     evaluate_test: bool = Field(False, description="score on the test split (final stage)")
     diagnostics: bool = Field(True, description="per-epoch OT/CKA/matching diagnostics")
+    diagnostics_every: PositiveInt = Field(
+        1, description="record the diagnostics every k-th epoch (the first and last always)")
     probe_size: PositiveInt = Field(256, description="validation examples in the probe batch")
     save_model: bool = Field(True, description="log the trained student as model.pt")
     tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")

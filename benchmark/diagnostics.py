@@ -3,21 +3,20 @@
 Once per epoch, for every run whatever its method, on a fixed probe batch of validation
 examples: per layer pair the OT distance, linear CKA, the identity-matching distance (equal
 widths), the matching (for each student neuron, the teacher neuron with most of its mass),
-its stability since the previous epoch, and the plan's column entropy. OT distance, CKA and
-stability are MLflow metrics (what the report plots), logged by the recording itself to the
-run it is attached to; the matchings, entropies and identity distances of every epoch go to
-the run's ``diagnostics.npz`` (every MLflow metric costs a database row per epoch). Recording
-runs in eval mode without gradient and draws no random numbers, so training is unchanged by
-it.
+its stability since the previous recorded epoch, and the plan's column entropy. OT
+distance, CKA and stability are MLflow metrics (what the report plots); the matchings,
+entropies and identity distances of every recorded epoch go to the run's ``diagnostics.npz``
+(every MLflow metric costs a database row per epoch). ``diagnostics_every: k`` records every
+k-th epoch only, the first (epoch 0, before training) and the last always. Recording runs in
+eval mode without gradient and draws no random numbers, so training is unchanged by it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -74,7 +73,7 @@ class TeacherLayer:
     """One teacher layer on the probe batch, with what every comparison needs from it: its
     centred Gram matrix (CKA) and, per student map size, its neurons and their squared norms
     (the OT cost). A frozen teacher's never change, so a run computes them once, not every
-    epoch (on a 256-example probe the teacher's neuron matrix alone is megabytes to copy)."""
+    epoch."""
 
     features: Tensor
     gram: Tensor
@@ -150,22 +149,21 @@ def compare(teacher: nn.Module | TeacherProbe, student: nn.Module,
             for p in pairs}
 
 
-class MetricLog(Protocol):
-    """Where a recording's metrics go: a run's :class:`~.tracking.RunLogger`."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
+def is_recorded(epoch: int, every: int, last: int) -> bool:
+    """Whether ``epoch`` is recorded under ``diagnostics_every: every``: each ``every``-th,
+    and always the first (0, before training) and the ``last``."""
+    return epoch % every == 0 or epoch == last
 
 
 class DiagnosticsRecorder:
-    """Records snapshots every epoch: logs the MLflow metrics to the run it is attached to and
-    keeps the rest for the run's artifact (the plans of the first and last epoch only: a plan
-    is n_t × n_s)."""
+    """Records snapshots at the epochs it is given: returns the MLflow metrics and keeps the
+    rest for the run's artifact (the plans of the first and last epoch only: a plan is
+    n_t × n_s)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, pairs: Sequence[LayerPair],
                  probe: Tensor) -> None:
         self.student, self.pairs, self.probe = student, pairs, probe
         self.teacher = TeacherProbe.of(teacher, [p.teacher for p in pairs], probe)
-        self.log: MetricLog | None = None
         self.epochs: list[int] = []
         self.matchings: dict[str, list[Tensor]] = {p.key: [] for p in pairs}
         self.values: dict[str, list[float]] = {}  # entropy/<layer>, identity/<layer>
@@ -194,20 +192,6 @@ class DiagnosticsRecorder:
         metrics[TIME_METRIC] = time.perf_counter() - start
         return metrics
 
-    def attach(self, log: MetricLog) -> None:
-        """Log every later epoch's metrics to ``log``, at the epoch's step."""
-        self.log = log
-
-    def submit(self, epoch: int) -> None:
-        """Record ``epoch`` now and log its metrics (the interface a recording in a
-        :class:`~.diagnostics_process.DiagnosticsProcess` shares, which records later)."""
-        metrics = self.record(epoch)
-        if self.log is not None:
-            self.log.log_metrics(metrics, step=epoch)
-
-    def finish(self) -> None:
-        """No more epochs (each is recorded and logged already)."""
-
     def arrays(self) -> dict[str, np.ndarray]:
         """``epochs``; per layer, one row per recorded epoch of ``matching/<layer>`` (epochs ×
         student neurons), ``entropy/<layer>`` and ``identity/<layer>`` (equal widths), and
@@ -222,11 +206,6 @@ class DiagnosticsRecorder:
         return arrays
 
     def save(self, path: Path) -> Path:
-        """:meth:`arrays` as one compressed file."""
-        return save_arrays(self.arrays(), path)
-
-
-def save_arrays(arrays: dict[str, np.ndarray], path: Path) -> Path:
-    """A run's ``diagnostics.npz``."""
-    np.savez_compressed(path, **arrays)
-    return path
+        """:meth:`arrays` as one compressed file: the run's ``diagnostics.npz``."""
+        np.savez_compressed(path, **self.arrays())
+        return path

@@ -24,8 +24,7 @@ from otbench.methods.base import check_applicable, resolve_hparams
 from . import tracking
 from .config import SCENARIOS, RunConfig, flatten
 from .data import TaskData, TaskSpec, load_task
-from .diagnostics import DiagnosticsRecorder, probe_batch
-from .diagnostics_process import BackgroundRecorder, DiagnosticsProcess
+from .diagnostics import DiagnosticsRecorder, is_recorded, probe_batch
 from .models import (
     ModelSpec,
     build_model,
@@ -176,25 +175,15 @@ def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
             for (t, s), w in zip(names, weights, strict=True)]
 
 
-Recorder = DiagnosticsRecorder | BackgroundRecorder
-
-
 def _log_files(run: tracking.RunLogger, model: nn.Module | None,
-               recorder: Recorder | None) -> float:
-    """The trained student (for ``otbench analyze``), then the diagnostics' matchings: a
-    background recording's last epoch runs beside the test split's scoring and the model's
-    upload. Returns the seconds spent ending the recording."""
-    ending = 0.0
+               recorder: DiagnosticsRecorder | None) -> None:
+    """The trained student (for ``otbench analyze``) and the diagnostics' matchings."""
     with tempfile.TemporaryDirectory() as folder:
         if model is not None:
             torch.save(model.state_dict(), Path(folder) / "model.pt")
             run.log_file(Path(folder) / "model.pt")
         if recorder is not None:
-            start = time.perf_counter()
-            saved = recorder.save(Path(folder) / "diagnostics.npz")
-            ending = time.perf_counter() - start
-            run.log_file(saved)
-    return ending
+            run.log_file(recorder.save(Path(folder) / "diagnostics.npz"))
 
 
 def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
@@ -207,13 +196,11 @@ def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
 def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None = None,
                 on_epoch: Callable[[EpochLog], None] | None = None,
                 on_start: Callable[[str], None] | None = None,
-                progress: bool = True,
-                diagnostics_process: DiagnosticsProcess | None = None) -> RunResult:
+                progress: bool = True) -> RunResult:
     """Train one student under one method and log it; see the module docstring.
 
     ``on_start`` receives the MLflow run id once the run exists (a sweep records it, so a
     run whose worker died can be closed later); ``on_epoch`` may raise to stop the run.
-    ``diagnostics_process`` records a CPU run's diagnostics on another core while it trains.
     """
     plan = plan_run(cfg)
     uri = tracking.tracking_uri_for(cfg.tracking_uri, cfg.results_dir)
@@ -240,12 +227,10 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
                      else [],
                      teacher_taps=[p.teacher for p in pairs] if "teacher_features" in reads
                      else [])
-    recorder: Recorder | None = None
+    recorder = None
     if cfg.diagnostics and pairs:
-        probe = probe_batch(task.val, task, cfg.probe_size)
-        recorder = (diagnostics_process.recorder(teacher.model, student, pairs, probe)
-                    if diagnostics_process is not None and plan.device.type == "cpu"
-                    else DiagnosticsRecorder(teacher.model, student, pairs, probe))
+        recorder = DiagnosticsRecorder(teacher.model, student, pairs,
+                                       probe_batch(task.val, task, cfg.probe_size))
     hooks = RunHooks(on_epoch, on_start)
     return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, hooks,
                          progress, recorder)
@@ -253,7 +238,7 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
 
 def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
                   stage: str, parent_run_id: str | None, hooks: RunHooks,
-                  progress: bool, recorder: Recorder | None) -> RunResult:
+                  progress: bool, recorder: DiagnosticsRecorder | None) -> RunResult:
     cfg = plan.config
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
@@ -269,17 +254,18 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
                         "teacher_source": teacher.source})
         run.log_dict(resolved, "config.yaml")
         if recorder is not None:
-            recorder.attach(run)
-            recorder.submit(0)
+            run.log_metrics(recorder.record(0), step=0)
 
         logging_seconds = 0.0
 
         def log_epoch(log: EpochLog) -> None:
             nonlocal logging_seconds
-            if recorder is not None:
-                recorder.submit(log.epoch)
+            metrics = log.metrics()
+            if recorder is not None and is_recorded(log.epoch, cfg.diagnostics_every,
+                                                    cfg.train.epochs):
+                metrics.update(recorder.record(log.epoch))
             start = time.perf_counter()
-            run.log_metrics(log.metrics(), step=log.epoch)
+            run.log_metrics(metrics, step=log.epoch)
             if hooks.on_epoch is not None:
                 hooks.on_epoch(log)
             logging_seconds += time.perf_counter() - start
@@ -288,8 +274,6 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         loop_start = time.perf_counter()
         history = run_epochs(runner, task, cfg.train, generator=generator, on_epoch=log_epoch,
                              progress=progress, description=f"{cfg.method} {cfg.task}")
-        if recorder is not None:
-            recorder.finish()
         loop_seconds = time.perf_counter() - loop_start - logging_seconds
         val_acc = history[-1].val_acc
         final = {"val/acc_final": val_acc}
@@ -297,8 +281,7 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         if test_acc is not None:
             final["test/acc"] = test_acc
         run.log_metrics(final, step=cfg.train.epochs)
-        # Waiting for the diagnostics is the loop's time, not bookkeeping.
-        loop_seconds += _log_files(run, runner.model if cfg.save_model else None, recorder)
+        _log_files(run, runner.model if cfg.save_model else None, recorder)
     return RunResult(run.run_id, val_acc, test_acc, history, loop_seconds)
 
 

@@ -124,7 +124,8 @@ def software_versions() -> dict[str, str]:
 
 
 def standard_tags(stage: str, **tags: Any) -> dict[str, str]:
-    """DESIGN §5 tags: stage plus whatever identifies the run, with provenance."""
+    """The tags every run carries: its stage plus whatever identifies it (the report's
+    columns), with provenance (git commit, software versions)."""
     versions = software_versions()
     base = {"stage": stage, "git_commit": git_commit(), "otbench_version": versions["otbench"]}
     base.update({f"version.{k}": v for k, v in versions.items()})

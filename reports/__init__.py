@@ -1,5 +1,5 @@
 """Reports: MLflow runs → tidy DataFrame → tables (md, LaTeX, HTML, CSV), figures (PNG, PDF)
-and one self-contained ``report.html`` (DESIGN §7). Entry point: :func:`write_report`.
+and one self-contained ``report.html``. Entry point: :func:`write_report`.
 
 ``write_report`` is imported on first use, so registering the ``otbench report`` command
 does not load pandas, matplotlib and MLflow for every other command.

@@ -27,25 +27,20 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                         help="table files to write, comma-separated (default: %(default)s)")
     parser.add_argument("--options", help="YAML file of report options: display names, "
                         "row/column order, test (welch|wilcoxon), alpha...")
-    parser.add_argument("--workers", type=int, help="processes drawing the figures "
-                        "(default: the cores, at most 4)")
     parser.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from otbench.benchmark.tracking import tracking_uri_for
 
-    from .plots import default_figure_workers
     from .report import write_report
 
-    if args.workers is not None and args.workers < 1:
-        raise ReportError(f"--workers must be at least 1, got {args.workers}")
     uri = tracking_uri_for(args.tracking_uri, args.results_dir)
     experiment = args.experiment or only_experiment(uri)
     out = Path(args.out) if args.out else Path(args.results_dir) / "report"
     options = ReportOptions.from_yaml(args.options) if args.options else None
     page = write_report(uri, experiment, out, storage=args.storage, formats=args.format,
-                        options=options, figure_workers=args.workers or default_figure_workers())
+                        options=options)
     print(f"report: {page}")
     return 0
 

@@ -1,21 +1,25 @@
-"""Read MLflow runs into one tidy DataFrame (one row per run) and per-epoch histories.
+"""Read MLflow runs into one tidy DataFrame (one row per run), per-epoch histories, and a
+run's diagnostics artifact.
 
-Reports read only MLflow (DESIGN §5), through ``MlflowClient`` against any tracking URI, so a
-team's server works the same as the local SQLite file. Params come back as strings; they are
-cast back to numbers, booleans and None here, once, so every table and plot sees real types.
+Runs are read through ``MlflowClient`` against any tracking URI, so a team's server works the
+same as the local SQLite file. Params come back as strings; they are cast back to numbers,
+booleans and None here, once, so every table and plot sees real types.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per report
 
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run, ViewType
@@ -25,7 +29,7 @@ from otbench.errors import closest
 
 from .errors import ReportError, UnknownExperimentError
 
-#: Tags copied to columns of the same name (DESIGN §5), plus every ``version.*`` tag.
+#: Tags copied to columns of the same name, plus every ``version.*`` tag.
 TAG_COLUMNS = ("stage", "scenario", "scenario_id", "task", "method", "seed", "study", "trial",
                "suite", "teacher", "student", "git_commit", "otbench_version", "failure_reason")
 #: Run-config params that are not method hyper-parameters get this column prefix, so a param
@@ -36,6 +40,8 @@ HPARAM_PREFIX = "params."
 #: Per-epoch metrics a report averages, and those it also plots.
 TIME_KEYS = ("time/epoch", "time/regularizer")
 HISTORY_KEYS = ("val/acc", *TIME_KEYS)
+#: A run's diagnostics artifact (:mod:`otbench.benchmark.diagnostics`).
+DIAGNOSTICS_ARTIFACT = "diagnostics.npz"
 
 _INT = re.compile(r"^[+-]?\d+$")
 
@@ -191,13 +197,21 @@ def metric_histories(client: MlflowClient, run_ids: Iterable[str],
     """Per-step values (step = epoch) as rows ``run_id, key, step, value``. A step logged twice
     (a resumed run) keeps its latest value."""
     run_ids, keys = list(run_ids), list(keys)
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    rows = (_bulk_history(store, run_ids, keys) if hasattr(store, "get_metric_history_bulk")
+    store = _bulk_history_store(client)
+    rows = (_bulk_history(store, run_ids, keys) if store is not None
             else _history_per_run(client, run_ids, keys))
     frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "timestamp", "value"])
     frame = frame.sort_values(["run_id", "key", "step", "timestamp"])
     frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")
     return frame.drop(columns="timestamp").reset_index(drop=True)
+
+
+def _bulk_history_store(client: MlflowClient) -> Any | None:
+    """The client's store when it is a SQL store (SQLite, PostgreSQL) with the bulk history
+    query the MLflow UI uses, else None. The one place otbench reaches into MLflow's private
+    API (``MlflowClient`` does not expose the call); without it, the public per-run call."""
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    return store if hasattr(store, "get_metric_history_bulk") else None
 
 
 #: Runs per bulk history query, well under SQLite's limit of bound parameters.
@@ -206,10 +220,7 @@ HistoryRow = tuple[str, str, int, int, float]
 
 
 def _bulk_history(store: Any, run_ids: list[str], keys: list[str]) -> list[HistoryRow]:
-    """One query per key and :data:`BULK_RUNS` runs. A SQL store (SQLite, PostgreSQL) has this
-    call (the MLflow UI's bulk endpoint uses it) though ``MlflowClient`` does not expose it:
-    one ``get_metric_history`` per run and key costs ~5 ms of session overhead, over a second
-    for a quick-suite report's 378 diagnostic histories, against 0.25 s in bulk."""
+    """One query per key and :data:`BULK_RUNS` runs, instead of one per run and key."""
     return [(m.run_id, key, m.step, m.timestamp, m.value)
             for key in keys for start in range(0, len(run_ids), BULK_RUNS)
             for m in store.get_metric_history_bulk(run_ids[start:start + BULK_RUNS], key, None)]
@@ -225,7 +236,7 @@ def _history_per_run(client: MlflowClient, run_ids: list[str],
 
 def add_timings(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     """Mean epoch time, mean regularizer time, and the regularizer's share of training time
-    (sum over epochs of regularizer time / sum of epoch time: DESIGN §9's overhead ratio)."""
+    (sum over epochs of regularizer time / sum of epoch time)."""
     sums = histories.pivot_table(index="run_id", columns="key", values="value", aggfunc="sum")
     means = histories.pivot_table(index="run_id", columns="key", values="value", aggfunc="mean")
     timings = pd.DataFrame(index=sums.index)
@@ -237,3 +248,18 @@ def add_timings(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
         timings["time/overhead"] = float("nan")
     out = runs.drop(columns=[c for c in timings.columns if c in runs.columns])
     return out.merge(timings, how="left", left_on="run_id", right_index=True)
+
+
+def load_plans(client: MlflowClient, run_id: str
+               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[int, int]]:
+    """The first and last plans per layer of one run's ``diagnostics.npz``, in the file's
+    (configured) layer order, and the epochs they were recorded at."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(client.download_artifacts(run_id, DIAGNOSTICS_ARTIFACT, folder))
+        with np.load(path) as data:
+            epochs = data["epochs"]
+            plans = {name.removeprefix("plan_first/"):
+                     (data[name], data["plan_last/" + name.removeprefix("plan_first/")])
+                     for name in data.files if name.startswith("plan_first/")}
+    first, last = (int(epochs[0]), int(epochs[-1])) if len(epochs) else (0, 0)
+    return plans, (first, last)

@@ -1,42 +1,50 @@
-"""Assemble a report folder from one MLflow experiment (DESIGN §7)::
+"""Assemble a report folder from one MLflow experiment and its Optuna studies::
 
     out/results.csv   one row per final run (tidy)     out/summary.csv  one row per table cell
     out/table.md|tex|html                              out/figures/*.png|pdf
     out/report.html   everything above on one self-contained page
-    out/.figure-cache the diagnostics figures by the key of their data, for the next report
+
+Reading (:mod:`.collect`, :mod:`.studies`), statistics (:mod:`.tables`,
+:mod:`.representation`), figures (:mod:`.figures`) and the page (:mod:`.html`) live in their
+own modules; this one only puts their parts in order.
 """
 
 from __future__ import annotations
 
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
 from otbench.errors import ConfigError
 
-from . import plots, representation, settings, studies
+from . import representation, settings, studies
 from .collect import (
+    DIAGNOSTICS_ARTIFACT,
     HPARAM_PREFIX,
     add_timings,
     find_experiment,
     iter_runs,
+    load_plans,
     metric_histories,
     open_client,
     runs_frame,
 )
 from .errors import NoFinalRunsError
+from .figures import accuracy, diagnostics
+from .figures import studies as study_figures
+from .figures.style import save_figure
 from .html import FigureEntry, PageContent, render_page
 from .options import FORMATS, ReportOptions
 from .tables import (
     Column,
     ResultTable,
     final_results,
+    in_column,
     render_html,
     render_latex,
     render_markdown,
@@ -53,28 +61,18 @@ RESULT_METRICS = ("test/acc", "val/acc_final", "time/epoch_mean", "time/regulari
 
 def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
                  storage: str | None = None, formats: Iterable[str] | str = FORMATS,
-                 options: ReportOptions | Mapping[str, Any] | None = None,
-                 figure_workers: int = 1) -> Path:
+                 options: ReportOptions | Mapping[str, Any] | None = None) -> Path:
     """Write the report of one experiment into ``out_dir`` and return ``report.html``'s path.
 
     ``storage`` is the Optuna storage URL for history and importance plots; by default the
     ``optuna.db`` beside a SQLite tracking store, when there is one. ``formats`` picks the
     table files (``report.html`` is always written); figures of an earlier report in
-    ``out_dir/figures`` are replaced, so none is left stale. ``figure_workers > 1`` draws
-    the figures on that many spawned processes (see :class:`~.plots.FigureWriter`).
+    ``out_dir/figures`` are replaced, so none is left stale.
 
     Raises :class:`NoFinalRunsError` when the experiment has no finished final run, and
     :class:`UnknownExperimentError` (listing the existing ones) for a wrong name.
     """
-    with plots.frozen_gc():
-        return _write_report(tracking_uri, experiment, Path(out_dir), storage, formats,
-                             options, figure_workers)
-
-
-def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | None,
-                  formats: Iterable[str] | str,
-                  options: ReportOptions | Mapping[str, Any] | None,
-                  figure_workers: int) -> Path:
+    out = Path(out_dir)
     opts = options if isinstance(options, ReportOptions) else ReportOptions.from_mapping(options)
     wanted = check_formats(formats)
     client = open_client(tracking_uri)
@@ -95,18 +93,14 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
     figures_dir = out / "figures"
     _clear_figures(figures_dir)
     storage = storage or studies.default_storage(tracking_uri)
-    # The PNGs exist once the block ends. The many small study figures go last, so that no
-    # drawing process waits at the end while another draws a large figure alone.
-    with plots.FigureWriter(figure_workers, cache=out / FIGURE_CACHE) as writer:
-        figures, notes = result_figures(runs, histories, table, figures_dir, writer)
-        diag_figures, diag_notes, diag_texts = representation_section(
-            client, final, table, out, writer, "csv" in wanted)
-        study_figures, study_notes = study_figures_for(runs, storage, figures_dir, writer)
-    writer.prune()
+    figures, notes = result_figures(runs, histories, table, figures_dir)
+    diag_figures, diag_notes, diag_texts = representation_section(
+        client, final, table, out, "csv" in wanted)
+    sweep_figures, study_notes = study_figures_for(runs, storage, figures_dir)
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
-        table_html=render_html(table), figures=figures + diag_figures + study_figures,
+        table_html=render_html(table), figures=figures + diag_figures + sweep_figures,
         tables=_context_tables(runs, final, opts), notes=notes + diag_notes + study_notes,
         section_texts=diag_texts)
     page = out / "report.html"
@@ -169,71 +163,72 @@ def _clear_figures(folder: Path) -> None:
         path.unlink()
 
 
+
+def _entry(section: str, caption: str, fig: Figure, folder: Path, name: str) -> FigureEntry:
+    """Write ``fig`` as ``name``.png and .pdf; its entry in the page."""
+    return FigureEntry(section, caption, *save_figure(fig, folder, name))
+
+
 def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
-                   folder: Path, writer: plots.FigureWriter
-                   ) -> tuple[list[FigureEntry], list[str]]:
+                   folder: Path) -> tuple[list[FigureEntry], list[str]]:
     """Bars per scenario, curves per cell column, accuracy vs. samples per task family, OT's
     sensitivity to its weight; notes say what could not be drawn."""
     opts = table.options
     final = final_results(runs, opts)
-    entries: list[FigureEntry] = []
-
-    def save(section: str, caption: str, fig: Any, name: str) -> None:
-        png, pdf = writer.add(fig, folder, name)
-        entries.append(FigureEntry(section, caption, png, pdf))
-
+    entries = []
     for scenario, _ in table.scenarios:
-        save("Accuracy", f"{opts.scenario_label(scenario)}: test accuracy, mean ± std over "
-             "seeds", plots.accuracy_bars(table, scenario), f"bars_{slug(scenario)}")
+        entries.append(_entry(
+            "Accuracy", f"{opts.scenario_label(scenario)}: test accuracy, mean ± std over "
+            "seeds", accuracy.accuracy_bars(table, scenario), folder, f"bars_{slug(scenario)}"))
     for column in table.columns:
-        save("Validation curves",
-             f"{plots.title(table, column)}: validation accuracy per epoch, mean ± std",
-             plots.validation_curves(final, histories, table, column), f"curves_{stem(column)}")
-    for scenario, family in plots.sample_size_families(table):
-        save("Accuracy vs. samples per class",
-             f"{opts.scenario_label(scenario)} · {opts.task_label(family)}: test accuracy vs. "
-             "training samples per class",
-             plots.accuracy_vs_samples(table, scenario, family),
-             f"samples_{slug(scenario)}_{slug(family)}")
+        entries.append(_entry(
+            "Validation curves",
+            f"{table.title(column)}: validation accuracy per epoch, mean ± std",
+            accuracy.validation_curves(final, histories, table, column), folder,
+            f"curves_{stem(column)}"))
+    for scenario, family in accuracy.sample_size_families(table):
+        entries.append(_entry(
+            "Accuracy vs. samples per class",
+            f"{opts.scenario_label(scenario)} · {opts.task_label(family)}: test accuracy vs. "
+            "training samples per class", accuracy.accuracy_vs_samples(table, scenario, family),
+            folder, f"samples_{slug(scenario)}_{slug(family)}"))
     notes = []
     reference = opts.method_label(opts.reference)
     for column in table.columns:
-        if plots.sensitivity_data(runs, column, opts.reference).empty:
-            notes.append(f"{plots.title(table, column)}: no finished {reference} sweep trial "
-                         "with a weight; no sensitivity plot.")
+        if accuracy.sensitivity_data(runs, column, opts.reference).empty:
+            notes.append(f"{table.title(column)}: no finished {reference} sweep trial with a "
+                         "weight; no sensitivity plot.")
             continue
-        save(f"{reference} sensitivity to its weight",
-             f"{plots.title(table, column)}: {reference} validation accuracy over sweep trials "
-             "vs. weight", plots.sensitivity(runs, table, column, opts.reference),
-             f"sensitivity_{stem(column)}")
+        entries.append(_entry(
+            f"{reference} sensitivity to its weight",
+            f"{table.title(column)}: {reference} validation accuracy over sweep trials vs. "
+            "weight", accuracy.sensitivity(runs, table, column, opts.reference), folder,
+            f"sensitivity_{stem(column)}"))
     return entries, notes
 
 
 DIAG_SECTION = "Representation diagnostics"
 DIAG_CSV = "diagnostics.csv"
-#: The report folder's cache of figures drawn ahead or by an earlier report, by data key.
-FIGURE_CACHE = ".figure-cache"
 
 
 def representation_section(client: Any, final: pd.DataFrame, table: ResultTable, out: Path,
-                           writer: plots.FigureWriter, csv: bool = True
+                           csv: bool = True
                            ) -> tuple[list[FigureEntry], list[str], dict[str, list[str]]]:
     """Distance and CKA curves, stability curves, accuracy vs. final distance, the transport
-    plans of one OT run per column, and a paragraph computed from them (issue #9). Runs
-    without diagnostics (``diagnostics: false``) give a note instead."""
+    plans of one OT run, and a paragraph computed from them. Runs without diagnostics
+    (``diagnostics: false``) give a note instead."""
     if not representation.has_diagnostics(final):
         return [], ["No representation diagnostics (diag/* metrics) in the final runs "
                     "(diagnostics were off): no distance, CKA, stability or transport-plan "
                     "figures."], {}
     opts = table.options
-    entries, notes = column_diagnostics(client, final, table, table.columns, out / "figures",
-                                        writer)
+    folder = out / "figures"
+    entries, notes = column_diagnostics(client, final, table, folder)
     points = representation.final_distances(final, opts.metric)
-    png, pdf = writer.add(representation.accuracy_vs_distance(points, table), out / "figures",
-                          "diag_accuracy_vs_distance")
-    entries.append(FigureEntry(DIAG_SECTION, f"{plots._metric_label(opts)} vs. final OT "
-                               "distance to the teacher at each run's deepest diagnosed "
-                               "layer, one point per final run", png, pdf))
+    entries.append(_entry(
+        DIAG_SECTION, f"{accuracy.metric_label(opts)} vs. final OT distance to the teacher at "
+        "each run's deepest diagnosed layer, one point per final run",
+        diagnostics.accuracy_vs_distance(points, table), folder, "diag_accuracy_vs_distance"))
     correlations = representation.distance_correlations(points, table)
     if csv:
         points.to_csv(out / DIAG_CSV, index=False)
@@ -241,96 +236,68 @@ def representation_section(client: Any, final: pd.DataFrame, table: ResultTable,
     return entries, notes, {DIAG_SECTION: [" ".join(sentences)]} if sentences else {}
 
 
-def column_diagnostics(client: Any, final: pd.DataFrame, table: ResultTable,
-                       columns: Sequence[Column], folder: Path, writer: plots.FigureWriter
+def column_diagnostics(client: Any, final: pd.DataFrame, table: ResultTable, folder: Path
                        ) -> tuple[list[FigureEntry], list[str]]:
-    """The curve grid of each of ``columns`` and the plan heat map (when its column is among
-    them), each added under the key of its data, so that one drawn ahead is reused."""
+    """The curve grid of each result column and one plan heat map."""
     entries: list[FigureEntry] = []
     notes: list[str] = []
-
-    def save(caption: str, build: Callable[[], Any], name: str, key: str) -> None:
-        png, pdf = writer.add(build, folder, name, key=key)
-        entries.append(FigureEntry(DIAG_SECTION, caption, png, pdf))
-
     layers = representation.logged_layers(final)
     histories = metric_histories(client, final.run_id, representation.history_keys(layers))
-    for column in columns:
-        here = representation.logged_layers(final[plots.in_column(final, column)])
+    for column in table.columns:
+        here = representation.logged_layers(final[in_column(final, column)])
         if not here:
-            notes.append(f"{plots.title(table, column)}: no diagnostics logged; no "
-                         "representation figures.")
+            notes.append(f"{table.title(column)}: no diagnostics logged; no representation "
+                         "figures.")
             continue
         data = representation.curve_data(final, histories, table, column,
                                           ("ot", "cka", "stability"), here)
-        save(f"{data.heading}: OT distance to the teacher, linear CKA (epoch 0: before "
-             "training) and the fraction of student neurons whose matched teacher neuron "
-             "changed since the previous epoch, mean ± std over seeds, one column of panels "
-             "per layer", partial(representation.diagnostic_curves, data),
-             f"diag_curves_{stem(column)}", data.key())
-    return entries, notes + _plan_figure(client, final, table, columns, save)
+        entries.append(_entry(
+            DIAG_SECTION, f"{data.heading}: OT distance to the teacher, linear CKA (epoch 0: "
+            "before training) and the fraction of student neurons whose matched teacher neuron "
+            "changed since the previous recorded epoch, mean ± std over seeds, one column of "
+            "panels per layer", diagnostics.diagnostic_curves(data), folder,
+            f"diag_curves_{stem(column)}"))
+    plan, plan_notes = _plan_figure(client, final, table, folder)
+    return entries + plan, notes + plan_notes
 
 
-def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable,
-                 columns: Sequence[Column], save: Any) -> list[str]:
-    """Heat maps of one OT run (issue #9) at its deepest layer (the one the accuracy scatter
-    uses; the curves show every layer's matching stability): the first seed's, in the first
-    column whose plans can be read (drawn when that column is among ``columns``); a note for
-    each column tried before, or when there is none to draw."""
+def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, folder: Path
+                 ) -> tuple[list[FigureEntry], list[str]]:
+    """Heat maps of one OT run at its deepest layer (the one the accuracy scatter uses; the
+    curves show every layer's matching stability): the first seed's, in the first column
+    whose plans can be read; a note for each column tried before, or when there is none."""
     notes = []
     for column in table.columns:
-        name = plots.title(table, column)
-        runs = final[plots.in_column(final, column)]
+        name = table.title(column)
+        runs = final[in_column(final, column)]
         ot_runs = runs[runs.method == "ot"].sort_values("seed")
         if ot_runs.empty:
             continue
         run = ot_runs.iloc[0]
         try:
-            plans, epochs = representation.load_plans(client, run.run_id)
+            plans, epochs = load_plans(client, run.run_id)
         except (OSError, KeyError, ValueError, MlflowException) as err:
             notes.append(f"{name}: no transport-plan heat map (run {run.run_id}: cannot read "
-                         f"{representation.ARTIFACT}: {type(err).__name__}).")
+                         f"{DIAGNOSTICS_ARTIFACT}: {type(err).__name__}).")
             continue
         if not plans:
-            notes.append(f"{name}: {representation.ARTIFACT} of run {run.run_id} holds no "
-                         "plans; no heat map.")
+            notes.append(f"{name}: {DIAGNOSTICS_ARTIFACT} of run {run.run_id} holds no plans; "
+                         "no heat map.")
             continue
-        if column in columns:
-            seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
-            layer = list(plans)[-1]  # the file keeps the configured order, shallow to deep
-            heading = f"{name}{seed}"
-            save(f"{name}: transport plan at layer {layer} of the "
-                 f"{table.options.method_label('ot')} run{seed} at epochs {epochs[0]} and "
-                 f"{epochs[1]}; student neurons ordered by their final matched teacher neuron",
-                 partial(representation.plan_heatmaps, {layer: plans[layer]}, epochs,
-                         heading), f"diag_plan_{stem(column)}",
-                 plots.content_key(*plans[layer], layer, epochs, heading))
-        return notes
-    return notes or ["No final OT run: no transport-plan heat map."]
+        seed = "" if pd.isna(run.seed) else f" seed {run.seed}"
+        layer = list(plans)[-1]  # the file keeps the configured order, shallow to deep
+        entry = _entry(
+            DIAG_SECTION, f"{name}: transport plan at layer {layer} of the "
+            f"{table.options.method_label('ot')} run{seed} at epochs {epochs[0]} and "
+            f"{epochs[1]}; student neurons ordered by their final matched teacher neuron",
+            diagnostics.plan_heatmaps({layer: plans[layer]}, epochs, f"{name}{seed}"),
+            folder, f"diag_plan_{stem(column)}")
+        return [entry], notes
+    return [], notes or ["No final OT run: no transport-plan heat map."]
 
 
-def prepare_diagnostics(tracking_uri: str, experiment: str, out_dir: str | Path,
-                        columns: Iterable[tuple[str, str, str]]) -> None:
-    """Draw the diagnostics figures of these result columns, given as (scenario, entry,
-    task), into the figure cache of the report written to ``out_dir``, where that report
-    copies them instead of drawing them if their data is the same then: a sweep calls it on
-    a spare core once a column's final runs are done, while its other columns train."""
-    opts = ReportOptions.from_mapping(None)
-    client = open_client(tracking_uri)
-    exp = find_experiment(client, experiment)
-    final = final_results(runs_frame(iter_runs(client, exp.experiment_id)), opts)
-    if not representation.has_diagnostics(final):
-        return
-    table = summarize(final, opts)
-    wanted = set(columns)
-    chosen = [column for column in table.columns if tuple(column) in wanted]
-    with (plots.FigureWriter(cache=Path(out_dir) / FIGURE_CACHE) as writer,
-          tempfile.TemporaryDirectory() as scratch):
-        column_diagnostics(client, final, table, chosen, Path(scratch), writer)
-
-
-def study_figures_for(runs: pd.DataFrame, storage: str | None, folder: Path,
-                      writer: plots.FigureWriter) -> tuple[list[FigureEntry], list[str]]:
+def study_figures_for(runs: pd.DataFrame, storage: str | None, folder: Path
+                      ) -> tuple[list[FigureEntry], list[str]]:
     """History and importances of every study the runs name, from the Optuna storage."""
     names = sorted(runs.study.dropna().astype(str).unique())
     if not names:
@@ -343,15 +310,18 @@ def study_figures_for(runs: pd.DataFrame, storage: str | None, folder: Path,
     entries = []
     for name, study in found.items():
         method = str(methods.get(name, ""))
-        history = writer.add(studies.history_figure(study, method), folder,
-                             f"history_{slug(name)}")
-        entries.append(FigureEntry("Sweeps: optimization history", name, *history))
-        importance = studies.importance_figure(study, method)
-        if isinstance(importance, str):
-            notes.append(f"Study {name!r}: no importance plot ({importance}).")
+        entries.append(_entry(
+            "Sweeps: optimization history", name,
+            study_figures.history_figure(studies.trial_values(study), name, method), folder,
+            f"history_{slug(name)}"))
+        importances = studies.importances(study)
+        if isinstance(importances, str):
+            notes.append(f"Study {name!r}: no importance plot ({importances}).")
             continue
-        paths = writer.add(importance, folder, f"importance_{slug(name)}")
-        entries.append(FigureEntry("Sweeps: hyper-parameter importances", name, *paths))
+        entries.append(_entry(
+            "Sweeps: hyper-parameter importances", name,
+            study_figures.importance_figure(importances, name, method), folder,
+            f"importance_{slug(name)}"))
     return entries, notes
 
 

@@ -1,6 +1,6 @@
 """What a reader needs to trust and reproduce the numbers: the suite's settings, the chosen
 hyper-parameters, the software versions and git commits, the runs per stage and status —
-all rebuilt from the runs' params and tags (DESIGN §5: reports read only MLflow).
+all rebuilt from the runs' params and tags.
 """
 
 from __future__ import annotations

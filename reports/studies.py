@@ -1,9 +1,7 @@
-"""Optuna figures per sweep study: optimization history and hyper-parameter importances.
-
-Drawn here from the study's trials (importances computed by Optuna) rather than with
-``optuna.visualization.matplotlib``, which switches the global style to ggplot and draws
-through pyplot: these keep the report's paper style and method colors and leak no state.
-The Optuna storage is optional: without it, a report simply has no such figures.
+"""Optuna's side of a report: the sweep studies in the Optuna storage, each one's objective
+per trial (with the best so far) and its hyper-parameter importances, as the frames the
+figures in :mod:`.figures.studies` draw. The storage is optional: without it, a report
+simply has no such figures.
 """
 
 from __future__ import annotations
@@ -13,12 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+import pandas as pd
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-
-from .plots import legend_above, method_color, new_figure, styled
 
 
 def default_storage(tracking_uri: str) -> str | None:
@@ -46,24 +41,14 @@ def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if t.value is not None]
 
 
-@styled
-def history_figure(study: optuna.Study, method: str) -> Figure:
-    """Objective per trial and the best value so far (the sweep's convergence)."""
+def trial_values(study: optuna.Study) -> pd.DataFrame:
+    """The completed trials' ``number`` and ``value`` and the ``best`` value so far (the
+    sweep's convergence)."""
     trials = _completed(study)
-    numbers = np.array([t.number for t in trials])
     values = np.array([t.value for t in trials], dtype=float)
     best = (np.maximum if study.direction == StudyDirection.MAXIMIZE
             else np.minimum).accumulate(values) if len(values) else values
-    fig, ax = new_figure()
-    color = method_color(method)
-    ax.scatter(numbers, values, s=10, color=color, alpha=0.6, label="trial")
-    ax.step(numbers, best, where="post", color=color, label="best so far")
-    ax.set_xlabel("Trial")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("Objective (val. accuracy)")
-    ax.set_title(study.study_name, fontsize=6)
-    legend_above(fig, ax)
-    return fig
+    return pd.DataFrame({"number": [t.number for t in trials], "value": values, "best": best})
 
 
 def importance_problem(study: optuna.Study) -> str | None:
@@ -82,9 +67,9 @@ def importance_problem(study: optuna.Study) -> str | None:
     return None
 
 
-@styled
-def importance_figure(study: optuna.Study, method: str) -> Figure | str:
-    """Horizontal bars of fANOVA importances, or the reason why there are none.
+def importances(study: optuna.Study) -> pd.Series | str:
+    """fANOVA importances by parameter (normalized, most important first), or the reason why
+    there are none.
 
     fANOVA with a fixed seed rather than Optuna 5's default PED-ANOVA: PED-ANOVA compares
     quantiles of the trials and gives up (equal importances, a warning) below a few tens of
@@ -97,16 +82,10 @@ def importance_figure(study: optuna.Study, method: str) -> Figure | str:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            found = optuna.importance.get_param_importances(study, evaluator=evaluator)
         except RuntimeError as err:  # e.g. "zero total variance in all trees"
             return f"Optuna could not compute them: {err}"
     complaints = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    if complaints or not importances:
+    if complaints or not found:
         return complaints[0] if complaints else "Optuna returned no importances"
-    names = list(importances)[::-1]  # most important on top
-    fig, ax = new_figure(height=0.9 + 0.25 * len(names))
-    ax.barh(names, [importances[n] for n in names], color=method_color(method))
-    ax.set_xlabel("Importance (normalized)")
-    ax.set_title(study.study_name, fontsize=6)
-    ax.grid(axis="y", visible=False)
-    return fig
+    return pd.Series(found, dtype=float)

@@ -36,6 +36,12 @@ class Column(NamedTuple):
     task: str
 
 
+def in_column(runs: pd.DataFrame, column: Column) -> pd.Series:
+    """Which runs belong to a result column."""
+    return ((runs.scenario == column.scenario) & (runs.entry == column.entry)
+            & (runs.task == column.task))
+
+
 @dataclass(frozen=True)
 class ResultTable:
     """Per-cell statistics plus the row and column order of the rendered table.
@@ -66,6 +72,10 @@ class ResultTable:
         twins = [c for c in self.columns
                  if (c.scenario, c.task) == (column.scenario, column.task)]
         return f"{label} ({column.entry})" if len(twins) > 1 else label
+
+    def title(self, column: Column) -> str:
+        """The column's name with its scenario, as figures and sentences head it."""
+        return f"{self.options.scenario_label(column.scenario)} · {self.label(column)}"
 
     def in_scenario(self, scenario: str) -> list[Column]:
         return [c for c in self.columns if c.scenario == scenario]

@@ -126,7 +126,6 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
     storage), when the reports package provides it; returns ``report.html``'s path."""
     try:
         from otbench.reports import write_report as write
-        from otbench.reports.plots import default_figure_workers
     except ImportError:
         return None
     from otbench.benchmark.tracking import tracking_uri_for
@@ -134,8 +133,7 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
     from .studies import with_installed_driver
 
     return write(tracking_uri_for(suite.tracking_uri, suite.results_dir), suite.experiment,
-                 suite.report_dir, storage=with_installed_driver(storage_url),
-                 figure_workers=default_figure_workers())
+                 suite.report_dir, storage=with_installed_driver(storage_url))
 
 
 def exit_code(results: list[StudyResult], failed_workers: int) -> int:

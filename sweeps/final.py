@@ -93,8 +93,6 @@ def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 
 def run_seed(worker: Worker, work: StudyWork) -> None:
-    if worker.ahead is not None:
-        worker.ahead.final_started(work.spec)
     run_one(work.final, lambda trial: objective(worker, work, trial),
             lambda trial: report(worker, work, trial))
 
@@ -116,8 +114,7 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
                                tags={"best_trial": str(trial.user_attrs[SOURCE_TRIAL])})
     with recorded_failure(trial):
         result = execute_run(cfg, stage="final", parent_run_id=work.parent_run_id,
-                             on_start=run_recorder(trial), progress=worker.progress,
-                             diagnostics_process=worker.diagnostics)
+                             on_start=run_recorder(trial), progress=worker.progress)
     trial.set_user_attr("val_acc", result.val_acc)
     record_loop_time(trial, result)
     assert result.test_acc is not None  # evaluate_test=True

@@ -91,10 +91,6 @@ class SuiteFile(Strict):
         False, description="record the per-epoch representation diagnostics in search trials "
         "too (final runs record them unless defaults set diagnostics: false); the report reads "
         "only final runs")
-    background_diagnostics: bool | Literal["auto"] = Field(
-        "auto", description="record the diagnostics in a separate process on a spare core "
-        "while the runs train; auto: when the device is the CPU and the local workers' threads "
-        "leave a core for each worker's")
     threads: PositiveInt | None = Field(
         None, description="torch CPU threads per worker (default: the cores shared among "
         "local workers); small models run as fast on 1 and never contend for cores")

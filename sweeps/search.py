@@ -75,8 +75,7 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
         try:
             result = execute_run(cfg, stage="trial", parent_run_id=work.parent_run_id,
                                  on_epoch=on_epoch, on_start=run_recorder(trial),
-                                 progress=worker.progress,
-                                 diagnostics_process=worker.diagnostics)
+                                 progress=worker.progress)
         except TrialPruned as err:
             raise optuna.TrialPruned(str(err)) from None
     record_loop_time(trial, result)

@@ -1,6 +1,6 @@
 """Search spaces: a method's declared hyper-parameters, narrowed or widened by a suite.
 
-The method is the one place a default range lives (DESIGN §3); a suite's ``search:`` section
+The method is the one place a default range lives; a suite's ``search:`` section
 only overrides it. A space is a tuple of :class:`HyperParam` (the searched ones); every other
 hyper-parameter stays at its default, filled in by the runner.
 """

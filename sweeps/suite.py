@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from otbench.benchmark.config import (
     SCENARIOS,
@@ -93,7 +93,6 @@ class Suite:
     tracking_uri: str | None
     threads: int | None
     trial_diagnostics: bool = False
-    background_diagnostics: bool | Literal["auto"] = "auto"
 
     @property
     def max_failures(self) -> int:
@@ -140,7 +139,7 @@ def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
     first = studies[0].plan.config
     return Suite(raw.name, experiment, studies, raw.budget, raw.pruner, raw.final,
                  raw.heartbeat, first.results_dir, first.tracking_uri, raw.threads,
-                 raw.trial_diagnostics, raw.background_diagnostics)
+                 raw.trial_diagnostics)
 
 
 def _search_overrides(search: Mapping[str, Mapping[str, Any]], where: str = "search"

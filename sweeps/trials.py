@@ -15,11 +15,9 @@ import torch
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial
 
-from otbench.benchmark.diagnostics_process import DiagnosticsProcess
 from otbench.benchmark.runner import RunResult
 from otbench.benchmark.tracking import client_for
 
-from .ahead import FiguresAhead
 from .studies import FAIL_REASON, LOOP_SECONDS, RUN_ID, SKIPPED
 from .suite import StudySpec, Suite
 
@@ -40,8 +38,6 @@ class Worker:
     tracking_uri: str
     progress: bool  # per-epoch progress bars
     verbose: bool  # one line per finished trial
-    diagnostics: DiagnosticsProcess | None = None  # records the runs' diagnostics on a spare core
-    ahead: FiguresAhead | None = None  # draws finished columns' figures there before the report
 
     def say(self, line: str) -> None:
         if self.verbose:

@@ -13,20 +13,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from otbench.benchmark.diagnostics_process import DiagnosticsProcess, spare_cores
 from otbench.benchmark.plugins import load_plugins
 from otbench.benchmark.tracking import tracking_uri_for
 
 from . import final, search
-from .ahead import FiguresAhead
 from .studies import make_storage, open_study, quiet_optuna
-from .suite import Suite, load_suite
+from .suite import load_suite
 from .trials import State, StudyWork, Worker
 
 
@@ -57,42 +54,16 @@ def run_worker(job: WorkerJob) -> None:
     works = [StudyWork(spec, open_study(storage, spec.name, suite.pruner),
                        open_study(storage, final.study_name(spec.name), None),
                        job.parent_runs[spec.name]) for spec in suite.studies]
-    with (diagnostics_process_for(suite, job.workers) or nullcontext() as diagnostics,
-          figures_ahead_for(suite, uri, job.workers, diagnostics) or nullcontext() as ahead):
-        worker = Worker(suite, uri, job.progress, job.verbose, diagnostics, ahead)
-        while (step := next_step(worker, works)) is not State.DONE:
-            if parent_gone(job):
-                print(f"otbench worker {os.getpid()}: its sweep process ended; stopping",
-                      file=sys.stderr)
-                return
-            if step is State.BUSY:
-                time.sleep(min(suite.heartbeat.interval_s, 5))
-            else:
-                step()
-
-
-def diagnostics_process_for(suite: Suite, workers: int) -> DiagnosticsProcess | None:
-    """A process recording the runs' diagnostics beside the training, started now so it is
-    ready for the first run: when the suite asks for one, or (``auto``) when runs record
-    diagnostics on the CPU and the cores leave one free for each local worker's."""
-    choice = suite.background_diagnostics
-    recording = [spec for spec in suite.studies if spec.plan.config.diagnostics]
-    if choice is False or not recording:
-        return None
-    if choice == "auto" and (
-            any(spec.plan.device.type != "cpu" for spec in recording)
-            or spare_cores(workers, torch.get_num_threads()) < workers):
-        return None
-    return DiagnosticsProcess()
-
-
-def figures_ahead_for(suite: Suite, tracking_uri: str, workers: int,
-                      diagnostics: DiagnosticsProcess | None) -> FiguresAhead | None:
-    """Draws each finished column's diagnostics figures before the report, on the core the
-    diagnostics process has: when there is one, and this is the machine's only worker (with
-    several, a column another runs may not be finished when this one moves on)."""
-    return FiguresAhead(suite, tracking_uri) if diagnostics is not None and workers == 1 \
-        else None
+    worker = Worker(suite, uri, job.progress, job.verbose)
+    while (step := next_step(worker, works)) is not State.DONE:
+        if parent_gone(job):
+            print(f"otbench worker {os.getpid()}: its sweep process ended; stopping",
+                  file=sys.stderr)
+            return
+        if step is State.BUSY:
+            time.sleep(min(suite.heartbeat.interval_s, 5))
+        else:
+            step()
 
 
 def parent_gone(job: WorkerJob) -> bool:

@@ -10,10 +10,17 @@ import torch
 from mlflow import MlflowClient
 
 from otbench.benchmark.config import resolve_run_config
-from otbench.benchmark.diagnostics import TeacherLayer, TeacherProbe, compare, layer_snapshot
+from otbench.benchmark.diagnostics import (
+    TeacherLayer,
+    TeacherProbe,
+    compare,
+    is_recorded,
+    layer_snapshot,
+)
 from otbench.benchmark.models import build_model, default_layer_pairs, get_model_spec
 from otbench.benchmark.runner import execute_run
 from otbench.benchmark.tracking import default_tracking_uri
+from otbench.errors import ConfigError
 from otbench.methods import LayerPair, ot_distance
 from otbench.methods.similarity import linear_cka
 
@@ -103,3 +110,28 @@ def test_diagnostics_do_not_change_training(tmp_path) -> None:
         assert torch.equal(weights[0][name], weights[1][name]), name
     off_metrics = client.get_run(off.run_id).data.metrics
     assert "diag/ot/stage1" not in off_metrics and "time/diagnostics" not in off_metrics
+
+
+def test_diagnostics_every_k_records_the_first_every_kth_and_the_last_epoch() -> None:
+    assert [e for e in range(8) if is_recorded(e, 3, 7)] == [0, 3, 6, 7]
+    assert [e for e in range(7) if is_recorded(e, 3, 6)] == [0, 3, 6]
+    assert [e for e in range(4) if is_recorded(e, 1, 3)] == [0, 1, 2, 3]
+    assert [e for e in range(3) if is_recorded(e, 10, 2)] == [0, 2]
+
+
+def test_diagnostics_every_k_in_a_run(tmp_path) -> None:
+    result = run(tmp_path, "finetune", "diagnostics_every=2")
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    steps = {quantity: sorted(m.step for m in client.get_metric_history(
+        result.run_id, f"diag/{quantity}/stage3")) for quantity in ("ot", "stability")}
+    assert steps == {"ot": [0, 2, 3], "stability": [2, 3]}  # EPOCHS = 3: the last too
+    folder = client.download_artifacts(result.run_id, "diagnostics.npz", str(tmp_path))
+    assert np.load(folder)["epochs"].tolist() == [0, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(result.run_id, "val/acc")) == [
+        1, 2, 3]  # training's own metrics every epoch
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5"])
+def test_diagnostics_every_must_be_a_positive_integer(value: str) -> None:
+    with pytest.raises(ConfigError, match="diagnostics_every"):
+        resolve_run_config(CONFIGS / "cross.yaml", [f"diagnostics_every={value}"])

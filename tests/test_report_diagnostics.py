@@ -18,20 +18,20 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from scipy import stats
 
 from otbench.benchmark.tracking import mlflow_run
-from otbench.reports import ReportOptions, representation, write_report
-from otbench.reports.collect import metric_histories, open_client, read_runs
-from otbench.reports.report import FIGURE_CACHE, prepare_diagnostics
-from otbench.reports.representation import (
+from otbench.reports import ReportOptions, write_report
+from otbench.reports.collect import load_plans, metric_histories, open_client, read_runs
+from otbench.reports.figures.diagnostics import (
     accuracy_vs_distance,
-    curve_data,
     diagnostic_curves,
+    plan_heatmaps,
+    plan_order,
+)
+from otbench.reports.representation import (
+    curve_data,
     distance_correlations,
     final_distances,
     history_keys,
-    load_plans,
     logged_layers,
-    plan_heatmaps,
-    plan_order,
     summary_sentences,
 )
 from otbench.reports.tables import Column, final_results, summarize
@@ -209,8 +209,8 @@ def test_curve_figures_have_one_series_per_method_per_panel(setup) -> None:
     assert line.get_ydata() == pytest.approx([0.5, 0.25, 0.5 / 3])
 
 
-def test_curve_grid_keeps_long_tick_labels_apart_without_a_layout_engine(setup) -> None:
-    """The grid's fixed margins hold tick labels of seven characters: no panel, with its
+def test_curve_grid_keeps_long_tick_labels_apart(setup) -> None:
+    """Constrained layout makes room for tick labels of seven characters: no panel, with its
     labels, overlaps another, the heading or the legend, and all lie inside the figure."""
     uri, final, table = setup
     histories = metric_histories(open_client(uri), final.run_id, history_keys(LAYERS))
@@ -274,35 +274,6 @@ def test_report_writes_figures_paragraph_and_notes(report: Path) -> None:
     assert f"transport plan at layer {LAYERS[-1]} of the OT run" in page  # the deepest
     points = pd.read_csv(report.parent / "diagnostics.csv")
     assert len(points) == sum(len(v) for v in RUNS.values())
-
-
-def not_drawn(*_: object) -> None:
-    raise AssertionError("drawn again")
-
-
-def test_figures_drawn_ahead_are_copied_by_the_report(store, report: Path,
-                                                     monkeypatch) -> None:
-    """A sweep draws a finished column's figures ahead; the report of the same runs copies
-    them (the files it would have drawn) and draws the other column's only."""
-    uri, folder = store
-    out = folder / "ahead"
-    column_b = Column("distill", "distill", TASK_B)
-    prepare_diagnostics(uri, EXPERIMENT, out, [tuple(column_b)])
-    cache = out / FIGURE_CACHE
-    ahead = sorted(path.name for path in cache.iterdir())
-    assert len(ahead) == 4  # column B's curves and the heat map (of B's OT run), PNG and PDF
-    headings: list[str] = []
-    draw = representation.diagnostic_curves
-    monkeypatch.setattr(representation, "diagnostic_curves",
-                        lambda data: headings.append(data.heading) or draw(data))
-    monkeypatch.setattr(representation, "plan_heatmaps", not_drawn)
-    page = write_report(uri, EXPERIMENT, out, storage="sqlite:///:memory:")
-    assert headings == ["Transfer · Digits 5-9 @10"]
-    for name in ("diag_curves_distill_digits_0-9", "diag_plan_distill_digits_0-9"):
-        for suffix in (".png", ".pdf"):
-            copied = (page.parent / "figures" / name).with_suffix(suffix).read_bytes()
-            assert copied == (report.parent / "figures" / name).with_suffix(suffix).read_bytes()
-    assert set(ahead) < {path.name for path in cache.iterdir()}  # used: kept
 
 
 def test_no_diagnostics_is_a_note(store: tuple[str, Path]) -> None:

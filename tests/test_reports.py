@@ -4,7 +4,6 @@ values computed here independently (numpy, scipy)."""
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import tempfile
@@ -12,7 +11,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import matplotlib.colors
@@ -22,7 +20,6 @@ import optuna
 import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
-from matplotlib.figure import Figure
 from scipy import stats
 
 from otbench.benchmark.cli import main
@@ -36,7 +33,6 @@ from otbench.reports import (
     collect,
     write_report,
 )
-from otbench.reports import report as report_module
 from otbench.reports.collect import (
     cast_value,
     find_experiment,
@@ -44,22 +40,18 @@ from otbench.reports.collect import (
     open_client,
     read_runs,
 )
-from otbench.reports.plots import (
-    METHOD_COLORS,
-    FigureWriter,
+from otbench.reports.figures.accuracy import (
     accuracy_bars,
     accuracy_vs_samples,
-    content_key,
-    default_figure_workers,
-    method_color,
-    new_figure,
     sample_size_families,
     sensitivity,
     validation_curves,
 )
+from otbench.reports.figures.studies import history_figure, importance_figure
+from otbench.reports.figures.style import METHOD_COLORS, method_color
 from otbench.reports.report import stem
 from otbench.reports.settings import per_cell_settings, run_counts, shared_settings, software
-from otbench.reports.studies import history_figure, importance_figure, load_studies
+from otbench.reports.studies import importances, load_studies, trial_values
 from otbench.reports.tables import (
     MARKDOWN,
     Column,
@@ -566,21 +558,23 @@ def test_optuna_figures(store: Store) -> None:
     assert set(studies) == {STUDY_OT, STUDY_FT}
     assert notes == ["Study 'unit/missing' is not in the Optuna storage; no history or "
                      "importance plot."]
-    history = history_figure(studies[STUDY_OT], "ot").axes[0]
+    history = history_figure(trial_values(studies[STUDY_OT]), STUDY_OT, "ot").axes[0]
     assert len(history.collections[0].get_offsets()) == len(TRIALS)
     assert history.lines[0].get_ydata().tolist() == pytest.approx([0.80, 0.83, 0.86, 0.86])
-    importance = importance_figure(studies[STUDY_OT], "ot")
-    assert not isinstance(importance, str)
+    found = importances(studies[STUDY_OT])
+    assert not isinstance(found, str)
+    assert found.sum() == pytest.approx(1.0)
+    importance = importance_figure(found, STUDY_OT, "ot")
     bars = [c for c in importance.axes[0].containers if isinstance(c, BarContainer)]
     assert len(bars) == 1 and len(bars[0]) == 2
-    assert importance_figure(studies[STUDY_FT], "finetune") == (
+    assert importances(studies[STUDY_FT]) == (
         "no hyper-parameter varies across the completed trials")
     flat = optuna.create_study(direction="maximize")  # in memory
     for weight in (0.1, 1.0):
         flat.add_trial(optuna.trial.create_trial(
             params={"weight": weight}, value=0.5,
             distributions={"weight": optuna.distributions.FloatDistribution(1e-4, 10)}))
-    assert importance_figure(flat, "ot") == "the objective is the same in every completed trial"
+    assert importances(flat) == "the objective is the same in every completed trial"
 
 
 def test_method_colors_fixed_and_deterministic_for_plugins() -> None:
@@ -622,83 +616,6 @@ def test_report_html_is_self_contained(report: Path) -> None:
         assert text in page, text
 
 
-def test_figures_drawn_on_worker_processes_equal_those_drawn_here(store: Store,
-                                                                   report: Path) -> None:
-    parallel = write_report(store.uri, EXPERIMENT, store.folder / "parallel", figure_workers=2)
-    here, there = report.parent / "figures", parallel.parent / "figures"
-    names = sorted(p.name for p in here.iterdir())
-    assert names and names == sorted(p.name for p in there.iterdir())
-    for name in names:
-        assert (here / name).read_bytes() == (there / name).read_bytes(), name
-
-
-def test_a_report_runs_with_the_objects_alive_before_it_frozen(store: Store, tmp_path: Path,
-                                                              monkeypatch) -> None:
-    """Full garbage collections then skip them (~0.5 s each in a sweep's process)."""
-    frozen_during = []
-    tables = report_module.write_tables
-
-    def recording(*args: object) -> None:
-        frozen_during.append(gc.get_freeze_count())
-        tables(*args)
-
-    monkeypatch.setattr(report_module, "write_tables", recording)
-    assert gc.get_freeze_count() == 0
-    write_report(store.uri, EXPERIMENT, tmp_path / "report")
-    assert frozen_during and frozen_during[0] > 0
-    assert gc.get_freeze_count() == 0  # unfrozen afterwards
-
-
-def test_drawing_processes_freeze_their_imports(tmp_path: Path) -> None:
-    with FigureWriter(2) as writer:
-        fig, ax = new_figure()
-        ax.plot([0, 1], [1, 0])
-        writer.add(fig, tmp_path, "line")
-        assert writer.pool is not None
-        assert writer.pool.submit(gc.get_freeze_count).result() > 0
-
-
-def line_figure(height: float, built: list[float] | None = None) -> Figure:
-    if built is not None:
-        built.append(height)
-    fig, ax = new_figure()
-    ax.plot([0, 1], [0, height])
-    return fig
-
-
-def test_a_kept_figure_is_copied_for_the_same_data_only(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    with FigureWriter(2, cache=cache) as writer:  # kept by a drawing process
-        writer.add(partial(line_figure, 1.0), tmp_path / "first", "line", key=content_key(1.0))
-    built: list[float] = []
-    with FigureWriter(cache=cache) as writer:
-        writer.add(partial(line_figure, 1.0, built), tmp_path / "again", "line",
-                   key=content_key(1.0))
-        writer.add(partial(line_figure, 2.0, built), tmp_path / "again", "other",
-                   key=content_key(2.0))
-    assert built == [2.0]  # the same data's figure was not built again
-    for suffix in (".png", ".pdf"):
-        assert ((tmp_path / "first" / "line").with_suffix(suffix).read_bytes()
-                == (tmp_path / "again" / "line").with_suffix(suffix).read_bytes())
-    with FigureWriter(cache=cache) as writer:
-        writer.add(partial(line_figure, 2.0), tmp_path / "last", "other", key=content_key(2.0))
-    writer.prune()
-    assert sorted(path.name for path in cache.iterdir()) == [
-        f"{content_key(2.0)}.pdf", f"{content_key(2.0)}.png"]
-
-
-def test_content_key_follows_the_data() -> None:
-    frame = pd.DataFrame({"mean": [0.5, 0.25]}, index=pd.Index([1, 2], name="step"))
-    assert content_key(frame, "a") == content_key(frame.copy(), "a")
-    assert content_key(frame, "a") != content_key(frame, "b")
-    assert content_key(frame, "a") != content_key(frame.assign(mean=[0.5, 0.2500001]), "a")
-    assert content_key(frame, "a") != content_key(frame.rename(columns={"mean": "std"}), "a")
-    array = np.arange(6.0).reshape(2, 3)
-    assert content_key(array) == content_key(array.copy())
-    assert content_key(array) != content_key(array.reshape(3, 2))
-
-
-# --------------------------------------------------------------------------- errors, CLI
 def test_unknown_experiment_lists_existing(store: Store, tmp_path: Path) -> None:
     with pytest.raises(UnknownExperimentError, match=re.escape(
             "Did you mean 'unit-suite'? Existing experiments: 'Default', "
@@ -730,19 +647,17 @@ def test_cli_report_arguments(store: Store, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr("otbench.reports.report.write_report", fake)
     assert main(["report", "--results-dir", str(store.folder), "--experiment", EXPERIMENT,
                  "--format", "md,csv"]) == 0
-    workers = default_figure_workers()
     assert calls == [(store.uri, EXPERIMENT, store.folder / "report",
-                      {"storage": None, "formats": "md,csv", "options": None,
-                       "figure_workers": workers})]
+                      {"storage": None, "formats": "md,csv", "options": None})]
     assert capsys.readouterr().out == f"report: {store.folder / 'report' / 'report.html'}\n"
     options = tmp_path / "options.yaml"
     options.write_text("test: wilcoxon\n")
     assert main(["report", "--tracking-uri", store.uri, "--experiment", EXPERIMENT, "--out",
                  str(tmp_path / "out"), "--storage", store.storage, "--options",
-                 str(options), "--workers", "3"]) == 0
+                 str(options)]) == 0
     assert calls[1][:3] == (store.uri, EXPERIMENT, tmp_path / "out")
     assert calls[1][3] == {"storage": store.storage, "formats": "md,tex,html,csv",
-                           "options": ReportOptions(test="wilcoxon"), "figure_workers": 3}
+                           "options": ReportOptions(test="wilcoxon")}
 
 
 def test_cli_report_errors(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -757,8 +672,6 @@ def test_cli_report_errors(store: Store, tmp_path: Path, capsys: pytest.CaptureF
     assert "unknown report format(s) pdf" in capsys.readouterr().err
     assert main(["report", "--results-dir", str(tmp_path)]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
-    assert main(["report", "--results-dir", folder, "--workers", "0"]) == 2
-    assert "--workers must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_options_yaml_and_typos(tmp_path: Path) -> None:

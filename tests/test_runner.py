@@ -178,8 +178,8 @@ def test_run_cli_prints_the_result(tmp_path, capsys) -> None:
 
 
 def test_the_command_line_module_imports_nothing_heavy() -> None:
-    """Every process a command spawns (sweep workers, the diagnostics process, drawing
-    processes) imports the ``otbench`` script, and with it this module, before its work."""
+    """Every process a command spawns (sweep workers) imports the ``otbench`` script, and
+    with it this module, before its work."""
     code = ("import sys, otbench.benchmark.cli; print(sorted(m for m in ('torch', 'mlflow', "
             "'optuna', 'matplotlib', 'torchvision', 'ot', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -4,7 +4,6 @@ after a killed worker, failing trials and several workers on one SQLite storage.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -27,10 +26,7 @@ from otbench.benchmark import cli
 from otbench.benchmark.config import deep_merge
 from otbench.benchmark.tracking import default_tracking_uri
 from otbench.methods import get_method
-from otbench.reports.report import FIGURE_CACHE
-from otbench.sweeps import ahead as ahead_module
 from otbench.sweeps import final, search
-from otbench.sweeps.ahead import FiguresAhead
 from otbench.sweeps.space import build_space
 from otbench.sweeps.studies import (
     LOOP_SECONDS,
@@ -359,8 +355,7 @@ def test_all_methods_means_the_applicable_ones(tmp_path) -> None:
 # --- running sweeps ------------------------------------------------------------------------
 
 def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
-    # Diagnostics in a separate process whatever the cores: their metrics come late.
-    suite, results = write_suite(tmp_path, background_diagnostics=True), tmp_path / "results"
+    suite, results = write_suite(tmp_path), tmp_path / "results"
     argv = ["sweep", str(suite), "--results-dir", str(results), "--quiet"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -389,53 +384,6 @@ def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
 
     assert cli.main(argv) == 0  # the same command again: everything is done already
     assert len(mlflow_runs(results)) == len(runs)
-
-
-#: TINY's column and a second one (another entry on the same task and teacher).
-TWO_COLUMNS = [TINY["scenarios"][0], {**TINY["scenarios"][0], "id": "again",
-                                      "methods": ["finetune"]}]
-
-
-def test_a_column_is_drawn_ahead_once_the_final_runs_move_to_another(tmp_path,
-                                                                      monkeypatch) -> None:
-    suite = load_suite(str(write_suite(tmp_path, scenarios=TWO_COLUMNS)))
-    ahead = FiguresAhead(suite, "sqlite://")
-    submitted: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(ahead, "_submit", submitted.append)
-    finetune, ot, again = suite.studies
-    for spec in (finetune, finetune, ot, ot):  # one column: nothing to draw yet
-        ahead.final_started(spec)
-    assert submitted == []
-    for spec in (again, again):
-        ahead.final_started(spec)
-    assert submitted == [("cross", "cross", "digits:5-9@10")]
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policy")
-def test_drawing_ahead_runs_on_idle_time_only() -> None:
-    with multiprocessing.get_context("spawn").Pool(1, ahead_module._spare_time_only) as pool:
-        assert pool.apply(os.sched_getscheduler, (0,)) == os.SCHED_IDLE
-
-
-def test_a_sweep_with_a_spare_core_draws_finished_columns_ahead(tmp_path, monkeypatch,
-                                                              capsys) -> None:
-    """Whether the process draws the first column before the second's final runs end is a
-    matter of timing (the report draws what it has not); the sweep and its report are the
-    same either way, and no partly written figure is left."""
-    submitted: list[tuple[str, str, str]] = []
-    submit = FiguresAhead._submit
-    monkeypatch.setattr(FiguresAhead, "_submit",
-                        lambda self, column: submitted.append(column) or submit(self, column))
-    suite = write_suite(tmp_path, scenarios=TWO_COLUMNS, background_diagnostics=True)
-    results = tmp_path / "results"
-    assert cli.main(["sweep", str(suite), "--results-dir", str(results), "--quiet"]) == 0
-    assert submitted == [("cross", "cross", "digits:5-9@10")]
-    figures = results / "report" / "figures"
-    assert {p.name for p in figures.glob("diag_curves_*.png")} == {
-        "diag_curves_cross_digits_5-9_at10.png", "diag_curves_cross_again_digits_5-9_at10.png"}
-    cache = results / "report" / FIGURE_CACHE
-    assert not [p for p in cache.iterdir() if p.name.startswith(".")]
-    assert len(list(cache.glob("*.png"))) == 3  # the two grids and the heat map
 
 
 def test_killed_sweep_resumes_without_losing_or_repeating_work(tmp_path) -> None:
