@@ -15,6 +15,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -41,7 +42,7 @@ class AttentionTransfer(TransferMethod):
     """Matches where each layer looks, not what its channels say; widths may differ."""
 
     summary = "spatial attention maps (Zagoruyko & Komodakis 2017)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 1000.0, 1.0, 1e4, log=True,

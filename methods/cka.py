@@ -19,6 +19,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -41,7 +42,7 @@ class CKAMatching(TransferMethod):
     """Aligns the example-by-example similarity structure of each layer pair; any widths."""
 
     summary = "linear CKA between teacher and student layers (1 − CKA per pair)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 1.0, 1e-2, 100.0, log=True,

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -88,7 +89,7 @@ class ContrastiveRD(TransferMethod):
     """Student and teacher embeddings of one input must recognize each other among others."""
 
     summary = "contrastive representation distillation, NCE with a FIFO queue (Tian et al. 2020)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.8, 1e-2, 10.0, log=True,

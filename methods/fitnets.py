@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -42,7 +43,7 @@ class FitNets(TransferMethod):
     """Hint loss through learned regressors; works across widths."""
 
     summary = "feature regression through a learned 1x1 conv (Romero et al. 2015)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 1.0, 1e-3, 100.0, log=True,

@@ -23,6 +23,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -54,7 +55,7 @@ class NeuronSelectivityTransfer(TransferMethod):
     """Matches the distribution of channel activation patterns; widths may differ."""
 
     summary = "neuron selectivity transfer: MMD of channel maps (Huang & Wang 2017)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 50.0, 1.0, 1000.0, log=True,

@@ -38,6 +38,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -46,8 +47,13 @@ from .base import (
     per_pair_terms,
     register_method,
 )
-from .ot import OTSettings, OTSolverWarning, neuron_costs
-from .ot_sinkhorn_div import check_ot_pairs, neuron_hyperparams
+from .ot import (
+    OTSettings,
+    OTSolverWarning,
+    check_ot_pairs,
+    neuron_costs,
+    neuron_hyperparams,
+)
 
 UNBALANCED_SOLVERS = ("sinkhorn", "mm")
 
@@ -144,7 +150,7 @@ class UnbalancedOTTransfer(TransferMethod):
     """λ · Σ_layers w_l · UOT(teacher neurons, student neurons) with KL-relaxed marginals."""
 
     summary = "unbalanced OT (KL-relaxed marginals) between teacher and student neurons"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.1, 1e-4, 10.0, log=True,

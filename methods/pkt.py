@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -49,7 +50,7 @@ class ProbabilisticKT(TransferMethod):
     """Matches the distribution of pairwise cosine similarities in the batch; any widths."""
 
     summary = "probabilistic KT: KL between cosine-kernel probabilities (Passalis & Tefas 2018)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 30000.0, 100.0, 1e6, log=True,

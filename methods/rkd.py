@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -73,7 +74,7 @@ class RelationalKD(TransferMethod):
     """Matches the geometry of the batch (distances, angles), not the features; any widths."""
 
     summary = "relational KD: pairwise distances and triplet angles (Park et al. 2019)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("distance_weight", "float", 25.0, 0.1, 1000.0, log=True,

@@ -16,6 +16,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -46,7 +47,7 @@ class SimilarityPreserving(TransferMethod):
     """Inputs that look alike to the teacher should look alike to the student."""
 
     summary = "similarity-preserving: batch Gram matrices (Tung & Mori 2019)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 3000.0, 10.0, 1e5, log=True,
