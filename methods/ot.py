@@ -369,15 +369,20 @@ class OTTransfer(TransferMethod):
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.1, 1e-4, 10.0, log=True,
-                   help="λ, the weight of the summed regularizer"),
+                   help="λ, the weight of the summed regularizer",
+                   source="ours: the paper gives no λ; the range is its wide log-uniform "
+                          "search with the mean-scaled cost"),
         HyperParam("solver", "categorical", "auto", choices=SOLVERS, searchable=False,
-                   help="auto = assignment for equal widths, network simplex otherwise"),
+                   help="auto = assignment for equal widths, network simplex otherwise",
+                   source="the paper's exact OT (POT emd / scipy assignment)"),
         HyperParam("epsilon", "float", 1e-2, 1e-4, 1.0, log=True, searchable=False,
-                   help="Sinkhorn entropic weight, relative to the mean cost"),
+                   help="Sinkhorn entropic weight, relative to the mean cost",
+                   source="ours: used by solver sinkhorn only"),
         *neuron_hyperparams(),
         HyperParam("plan_every", "int", 1, 1, 100, searchable=False,
                    help="solve the plans every k training steps and reuse them in between; "
-                        "1 = the exact plan at every step"),
+                        "1 = the exact plan at every step",
+                   source="the paper: a fresh plan each step"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:

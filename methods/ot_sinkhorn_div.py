@@ -92,13 +92,16 @@ class SinkhornDivergenceTransfer(TransferMethod):
     """λ · Σ_layers w_l · S_ε(teacher neurons, student neurons)."""
 
     summary = "debiased Sinkhorn divergence between teacher and student neurons"
+    reference = "Genevay, Peyré & Cuturi 2018; Feydy et al. 2019 (variant of Li et al. 2021)"
     reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.1, 1e-4, 10.0, log=True,
-                   help="λ, the weight of the summed regularizer (as ot)"),
+                   help="λ, the weight of the summed regularizer (as ot)",
+                   source="ours: as ot"),
         HyperParam("epsilon", "float", 0.1, 1e-2, 1.0, log=True,
-                   help="entropic ε relative to the mean cost: → 0 exact OT, large: MMD-like"),
+                   help="entropic ε relative to the mean cost: → 0 exact OT, large: MMD-like",
+                   source="ours: Sinkhorn converges in < 1000 iterations at 0.1 (docstring)"),
         *neuron_hyperparams(),
     )
 
