@@ -52,8 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     result = execute_run(cfg, progress=not args.quiet)
     test = "" if result.test_acc is None else f"  test acc {result.test_acc:.4f}"
-    print(f"run {result.run_id}: {cfg.scenario} {cfg.method} on {cfg.task}: "
-          f"val acc {result.val_acc:.4f}{test}")
+    val = "no validation (refit on train+val)" if cfg.refit else f"val acc {result.val_acc:.4f}"
+    print(f"run {result.run_id}: {cfg.scenario} {cfg.method} on {cfg.task}: {val}{test}")
     return 0
 
 
