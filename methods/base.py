@@ -97,10 +97,6 @@ class HyperParam:
         fixed = "" if self.searchable else " (fixed unless a suite searches it)"
         return f"{self.name}={self.default!r} {space}{fixed}"
 
-    def describe_with_source(self) -> str:
-        """:meth:`describe` followed by where the default and the range come from."""
-        return self.describe() + (f"  [source: {self.source}]" if self.source else "")
-
 
 def _number(value: Any, error: str) -> float | int:
     """A number from a number or a numeric string (YAML reads ``1e-3`` as a string)."""
