@@ -192,10 +192,10 @@ def refit_data(task: TaskData) -> TaskData:
 
 def protocol(cfg: RunConfig, stage: str) -> str:
     """How this run's accuracy was produced, for the report's caption."""
-    if stage != "final":
-        return "selection on validation" if stage == "trial" else "single run"
+    chosen = "hyper-parameters chosen on validation; " if stage == "final" else ""
     data = "refit on train+val" if cfg.refit else "trained on train (val held out)"
-    return f"hyper-parameters chosen on validation; {data}; test scored after the last epoch"
+    test = "; test scored after the last epoch" if cfg.evaluate_test else ""
+    return f"{chosen}{data}{test}"
 
 
 Recorder = DiagnosticsRecorder | BackgroundRecorder
