@@ -135,6 +135,7 @@ def study_setup(spec: StudySpec) -> str:
     """The study's optimizer and the layer pairs its method uses."""
     from otbench.benchmark.models import default_layer_pairs
     from otbench.methods.base import default_pairs
+    from otbench.methods.catalog import LAYER_TEXT
 
     cfg = spec.plan.config
     train = cfg.train
@@ -147,9 +148,7 @@ def study_setup(spec: StudySpec) -> str:
     if not spec.plan.method.needs_layer_pairs:
         layers = "no layer pairs"
     else:
-        chosen = ("configured" if cfg.layers else
-                  {"all": "all stages", "middle": "middle stage", "last": "last stage"}[
-                      spec.plan.method.layers])
+        chosen = "configured" if cfg.layers else LAYER_TEXT[spec.plan.method.layers]
         layers = f"layers ({chosen}): " + ", ".join(f"{t}→{s}" for t, s in pairs)
     return f"{optimizer}; {layers}"
 
