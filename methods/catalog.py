@@ -23,6 +23,12 @@ def describe(cls: type[TransferMethod]) -> list[str]:
     return lines
 
 
+def builtin_methods() -> list[type[TransferMethod]]:
+    """The registered methods shipped with otbench (not plugins), by name."""
+    return [cls for cls in map(get_method, method_names())
+            if cls.__module__.startswith(__package__ + ".")]
+
+
 def _space(hp: HyperParam) -> str:
     if hp.kind == "categorical":
         return ", ".join(map(str, hp.choices or ()))
@@ -36,11 +42,11 @@ def _cell(text: str) -> str:
 
 
 def markdown_table() -> str:
-    """One Markdown table: every registered method's parameters, defaults, ranges and sources."""
+    """One Markdown table: every built-in method's parameters, defaults, ranges and sources."""
     lines = ["| method | layers | parameter | default | range (searched?) | source |",
              "|---|---|---|---|---|---|"]
-    for name in method_names():
-        cls = get_method(name)
+    for cls in builtin_methods():
+        name = cls.name
         layers = LAYER_TEXT[cls.layers] if cls.needs_layer_pairs else "—"
         if not cls.hyperparams:
             lines.append(f"| `{name}` | {layers} | — | — | — | {_cell(cls.reference)} |")
@@ -52,9 +58,8 @@ def markdown_table() -> str:
 
 
 def references_table() -> str:
-    """One Markdown table: every registered method's paper and reference code."""
+    """One Markdown table: every built-in method's paper and reference code."""
     lines = ["| method | summary | paper and reference code |", "|---|---|---|"]
-    for name in method_names():
-        cls = get_method(name)
-        lines.append(f"| `{name}` | {_cell(cls.summary)} | {_cell(cls.reference)} |")
+    for cls in builtin_methods():
+        lines.append(f"| `{cls.name}` | {_cell(cls.summary)} | {_cell(cls.reference)} |")
     return "\n".join(lines)
