@@ -51,8 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     result = execute_run(cfg, progress=not args.quiet)
     test = "" if result.test_acc is None else f"  test acc {result.test_acc:.4f}"
-    print(f"run {result.run_id}: {cfg.scenario} {cfg.method} on {cfg.task}: "
-          f"val acc {result.val_acc:.4f}{test}")
+    val = "no validation (refit on train+val)" if cfg.refit else f"val acc {result.val_acc:.4f}"
+    print(f"run {result.run_id}: {cfg.scenario} {cfg.method} on {cfg.task}: {val}{test}")
     return 0
 
 
@@ -73,7 +73,12 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from otbench.methods import get_method, method_names
+    from otbench.methods.catalog import describe
 
+    if args.names:
+        for name in args.names:
+            print("\n".join(describe(get_method(name))))
+        return 0
     width = max(map(len, method_names())) + 2
     for name in method_names():
         cls = get_method(name)
@@ -111,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
                      "and exit")
     run.add_argument("--test", action="store_true", help="also score on the test split")
+    sub.choices["methods"].add_argument("names", nargs="*", metavar="NAME", help="describe "
+                                        "these methods, with where each default comes from")
     add_analyze_command(sub)
     add_sweep_command(sub)
     add_perf_command(sub)

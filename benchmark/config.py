@@ -49,6 +49,8 @@ class TrainConfig(Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: PositiveFloat = 0.05
     momentum: NonNegativeFloat = 0.9
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd); the CRD/RepDistiller "
+                           "recipe uses plain momentum")
     weight_decay: NonNegativeFloat = 5e-4
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
@@ -95,6 +97,9 @@ class RunConfig(Strict):
     tracking_uri: str | None = None
     experiment: str = "otbench"
     evaluate_test: bool = Field(False, description="score on the test split (final stage)")
+    refit: bool = Field(False, description="train on the training and validation splits "
+                        "together (no per-epoch validation), as a final run with chosen "
+                        "hyper-parameters does under final.refit: train+val")
     diagnostics: bool = Field(True, description="per-epoch OT/CKA/matching diagnostics")
     diagnostics_every: PositiveInt = Field(
         1, description="record the diagnostics every k-th epoch (the first and last always)")

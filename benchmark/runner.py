@@ -19,11 +19,11 @@ from torch import nn
 
 from otbench.errors import ConfigError
 from otbench.methods import LayerPair, TransferContext, TransferMethod, get_method
-from otbench.methods.base import check_applicable, resolve_hparams
+from otbench.methods.base import check_applicable, default_pairs, resolve_hparams
 
 from . import tracking
 from .config import SCENARIOS, RunConfig, flatten
-from .data import TaskData, TaskSpec, load_task
+from .data import Split, TaskData, TaskSpec, load_task
 from .diagnostics import DiagnosticsRecorder, is_recorded, probe_batch
 from .models import (
     ModelSpec,
@@ -162,7 +162,8 @@ def build_student(plan: RunPlan, teacher: Teacher, task: TaskData) -> nn.Module:
 def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
                 task: TaskData) -> list[LayerPair]:
     """Configured or default (by stage) pairs, with per-example feature shapes; computed for
-    every method, since the diagnostics compare these layers whatever the method reads."""
+    every method, since the diagnostics compare these layers whatever the method reads
+    (the method itself uses :func:`method_pairs`)."""
     names = plan.config.layers or default_layer_pairs(plan.teacher_spec, plan.student_spec)
     weights = plan.config.layer_weights or [1.0] * len(names)
     if len(weights) != len(names):
@@ -173,6 +174,27 @@ def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
     s_shapes = feature_shapes(student, [s for _, s in names], shape)
     return [LayerPair(t, s, t_shapes[t], s_shapes[s], w)
             for (t, s), w in zip(names, weights, strict=True)]
+
+
+def method_pairs(plan: RunPlan, pairs: list[LayerPair]) -> list[LayerPair]:
+    """The pairs the method uses: the configured ``layers`` all, else the stage pairs its
+    ``layers`` property chooses (e.g. FitNets' middle stage)."""
+    return pairs if plan.config.layers else default_pairs(pairs, plan.method.layers)
+
+
+def refit_data(task: TaskData) -> TaskData:
+    """The task with its validation split added to its training split (final refit); the
+    validation split stays, for the diagnostics' probe batch only."""
+    train = Split(x=torch.cat([task.train.x, task.val.x]), y=torch.cat([task.train.y, task.val.y]))
+    return replace(task, train=train)
+
+
+def protocol(cfg: RunConfig, stage: str) -> str:
+    """How this run's accuracy was produced, for the report's caption."""
+    chosen = "hyper-parameters chosen on validation; " if stage == "final" else ""
+    data = "refit on train+val" if cfg.refit else "trained on train (val held out)"
+    test = "; test scored after the last epoch" if cfg.evaluate_test else ""
+    return f"{chosen}{data}{test}"
 
 
 def _log_files(run: tracking.RunLogger, model: nn.Module | None,
@@ -190,7 +212,8 @@ def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
     cfg = plan.config
     return tracking.standard_tags(stage, scenario=cfg.scenario, task=cfg.task,
                                   method=cfg.method, seed=cfg.seed, teacher=cfg.teacher.model,
-                                  student=plan.student_spec.name, **cfg.tags)
+                                  student=plan.student_spec.name,
+                                  protocol=protocol(cfg, stage), **cfg.tags)
 
 
 def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None = None,
@@ -212,8 +235,9 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
     torch.manual_seed(cfg.seed)
     student = build_student(plan, teacher, task).to(plan.device)
     pairs = layer_pairs(plan, teacher.model, student, task)
+    used = method_pairs(plan, pairs)
     context = TransferContext(
-        teacher=teacher.model, student=student, pairs=pairs, scenario=cfg.scenario,
+        teacher=teacher.model, student=student, pairs=used, scenario=cfg.scenario,
         same_architecture=plan.scenario["starts_from_teacher"],
         same_labels=plan.scenario["same_labels"],
         start_weights={n: p.detach().clone() for n, p in student.named_parameters()},
@@ -223,14 +247,16 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
     runner = Student(student, method,
                      teacher=teacher.model if reads & {"teacher_features", "teacher_logits"}
                      else None,
-                     student_taps=[p.student for p in pairs] if "student_features" in reads
+                     student_taps=[p.student for p in used] if "student_features" in reads
                      else [],
-                     teacher_taps=[p.teacher for p in pairs] if "teacher_features" in reads
+                     teacher_taps=[p.teacher for p in used] if "teacher_features" in reads
                      else [])
     recorder = None
     if cfg.diagnostics and pairs:
         recorder = DiagnosticsRecorder(teacher.model, student, pairs,
                                        probe_batch(task.val, task, cfg.probe_size))
+    if cfg.refit:
+        task = refit_data(task)
     hooks = RunHooks(on_epoch, on_start)
     return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, hooks,
                          progress, recorder)
@@ -251,7 +277,7 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
             hooks.on_start(run.run_id)
         run.log_params(flatten(resolved))
         run.log_params({"layer_pairs": [[p.teacher, p.student] for p in runner.method.pairs],
-                        "teacher_source": teacher.source})
+                        "teacher_source": teacher.source, "train_examples": len(task.train)})
         run.log_dict(resolved, "config.yaml")
         if recorder is not None:
             run.log_metrics(recorder.record(0), step=0)
@@ -273,10 +299,11 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         generator = torch.Generator().manual_seed(cfg.seed)
         loop_start = time.perf_counter()
         history = run_epochs(runner, task, cfg.train, generator=generator, on_epoch=log_epoch,
-                             progress=progress, description=f"{cfg.method} {cfg.task}")
+                             progress=progress, description=f"{cfg.method} {cfg.task}",
+                             validate=not cfg.refit)
         loop_seconds = time.perf_counter() - loop_start - logging_seconds
         val_acc = history[-1].val_acc
-        final = {"val/acc_final": val_acc}
+        final = {} if cfg.refit else {"val/acc_final": val_acc}
         test_acc = accuracy(runner.model, task.test, task) if cfg.evaluate_test else None
         if test_acc is not None:
             final["test/acc"] = test_acc

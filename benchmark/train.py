@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,11 @@ class EpochLog:
     regularizer_time: float
 
     def metrics(self) -> dict[str, float]:
-        out = {"train/loss": self.train_loss, "val/acc": self.val_acc,
-               "time/epoch": self.epoch_time, "time/regularizer": self.regularizer_time}
+        """The epoch's metrics; ``val/acc`` only when the epoch was validated."""
+        out = {"train/loss": self.train_loss, "time/epoch": self.epoch_time,
+               "time/regularizer": self.regularizer_time}
+        if not math.isnan(self.val_acc):
+            out["val/acc"] = self.val_acc
         out.update({f"train/{name}": value for name, value in self.terms.items()})
         return out
 
@@ -55,11 +59,33 @@ class Student:
     teacher_taps: list[str] = field(default_factory=list)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+Params = list[nn.Parameter] | list[dict[str, Any]]
+
+
+def make_optimizer(params: Params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``params`` (parameters, or groups that may set their own
+    ``weight_decay``)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+                               weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def parameter_groups(run: Student) -> list[dict[str, Any]]:
+    """The trainable parameters of the student and the method, in two groups: those the
+    method anchors to their starting values get no weight decay (it would pull them toward
+    0 against the method); the rest get the configured one."""
+    anchored = run.method.anchored_parameters()
+    decayed, free = [], []
+    for name, param in run.model.named_parameters():
+        if param.requires_grad:
+            (free if name in anchored else decayed).append(param)
+    decayed += [p for p in run.method.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": decayed}]
+    if free:
+        groups.append({"params": free, "weight_decay": 0.0})
+    return groups
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer,
@@ -157,11 +183,12 @@ def train_step(run: Student, x: Tensor, y: Tensor, amp: bool) -> tuple[Tensor, d
 
 def run_epochs(run: Student, task: TaskData, cfg: TrainConfig, *, generator: torch.Generator,
                on_epoch: Callable[[EpochLog], None] | None = None,
-               progress: bool = True, description: str = "train") -> list[EpochLog]:
-    """Train for ``cfg.epochs``; ``on_epoch`` may log, prune (raise) or checkpoint."""
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    params += [p for p in run.method.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg)
+               progress: bool = True, description: str = "train",
+               validate: bool = True) -> list[EpochLog]:
+    """Train for ``cfg.epochs``; ``on_epoch`` may log, prune (raise) or checkpoint.
+    ``validate=False`` (a refit, whose validation split is in its training data) leaves
+    each epoch's ``val_acc`` NaN."""
+    optimizer = make_optimizer(parameter_groups(run), cfg)
     scheduler = make_scheduler(optimizer, cfg)
     batches = BatchIterator(task.train, cfg.batch_size, shuffle=True, generator=generator,
                             augment=make_augmenter(task.family), normalize=make_normalizer(task),
@@ -173,7 +200,8 @@ def run_epochs(run: Student, task: TaskData, cfg: TrainConfig, *, generator: tor
     for epoch in bar:
         log = _train_epoch(run, batches, optimizer, cfg, epoch)
         scheduler.step()
-        log.val_acc = accuracy(run.model, task.val, task)
+        if validate:
+            log.val_acc = accuracy(run.model, task.val, task)
         history.append(log)
         bar.set_postfix(loss=f"{log.train_loss:.3f}", val=f"{log.val_acc:.3f}")
         if on_epoch is not None:

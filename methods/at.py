@@ -1,8 +1,9 @@
 """Attention transfer (Zagoruyko & Komodakis 2017), activation-based, p = 2.
 
 A layer's attention map is ``Σ_c |A_c|^p`` over channels, flattened and L2-normalized; the
-loss is ``β/2 · Σ_layers mean_{batch, positions} (Q_S − Q_T)²`` as in the authors' code, with
-their β = 1000. Channel counts may differ; the larger map is pooled to the smaller.
+loss is ``β · Σ_layers mean_{batch, positions} (Q_S − Q_T)²`` with β = 1000, as in the authors'
+``cifar.py`` (``opt.beta * sum(loss_groups)``), RepDistiller (``-b 1000``) and mdistiller.
+Channel counts may differ; the larger map is pooled to the smaller.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -41,12 +43,18 @@ class AttentionTransfer(TransferMethod):
     """Matches where each layer looks, not what its channels say; widths may differ."""
 
     summary = "spatial attention maps (Zagoruyko & Komodakis 2017)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = ("Zagoruyko & Komodakis 2017; szagoruyko/attention-transfer cifar.py; "
+                 "RepDistiller distiller_zoo/AT.py")
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
-        HyperParam("weight", "float", 1000.0, 1.0, 1e4, log=True,
-                   help="β (the loss is β/2 · Σ layers)"),
-        HyperParam("p", "int", 2, 1, 4, searchable=False, help="exponent of |A|^p"),
+        HyperParam("weight", "float", 1000.0, 10.0, 1e5, log=True,
+                   help="β (the loss is β · Σ layers)",
+                   source="attention-transfer cifar.py β = 1e3, RepDistiller -b 1000, "
+                          "mdistiller AT.LOSS.FEAT_WEIGHT 1000; range: two decades either "
+                          "side (ours)"),
+        HyperParam("p", "int", 2, 1, 4, searchable=False, help="exponent of |A|^p",
+                   source="the paper's and RepDistiller's p = 2"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
@@ -57,5 +65,5 @@ class AttentionTransfer(TransferMethod):
                                   f"{pair.describe()}; pair two convolutional layers")
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
-        return per_pair_terms("at", self.pairs, step, self.hparams["weight"] / 2,
+        return per_pair_terms("at", self.pairs, step, self.hparams["weight"],
                               lambda _, t, s: at_loss(t, s, self.hparams["p"]))

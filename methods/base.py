@@ -23,6 +23,12 @@ Kind = Literal["float", "int", "categorical", "bool"]
 #: What a method may read at each step; the runner computes only what is read.
 READABLE = frozenset({"student_features", "teacher_features", "student_logits",
                       "teacher_logits", "student_weights", "start_weights"})
+#: What a feature-matching method reads: both networks' tapped features.
+FEATURE_READS = frozenset({"student_features", "teacher_features"})
+
+#: Which of the stage pairs a method uses when a run does not set ``layers``.
+LayerChoice = Literal["all", "middle", "last"]
+LAYER_CHOICES: tuple[LayerChoice, ...] = ("all", "middle", "last")
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class HyperParam:
     choices: tuple[Any, ...] | None = None
     searchable: bool = True
     help: str = ""
+    #: Where the default and the range come from: a paper, reference code, or "ours: why".
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.kind in ("float", "int"):
@@ -157,7 +165,12 @@ class TransferMethod(nn.Module):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: The paper and the reference code the defaults follow.
+    reference: ClassVar[str] = ""
     reads: ClassVar[frozenset[str]] = frozenset()
+    #: The stage pairs used when a run does not set ``layers`` (default pairs run shallow ->
+    #: deep): all of them, the middle one, or the last one.
+    layers: ClassVar[LayerChoice] = "all"
     hyperparams: ClassVar[tuple[HyperParam, ...]] = ()
     needs_same_architecture: ClassVar[bool] = False
     needs_same_labels: ClassVar[bool] = False
@@ -176,6 +189,11 @@ class TransferMethod(nn.Module):
     def task_loss_weight(self) -> float:
         """Weight of the task's cross-entropy; KD-style methods mix it with their own."""
         return 1.0
+
+    def anchored_parameters(self) -> frozenset[str]:
+        """Names of the student's parameters this method pulls toward their starting values:
+        the optimizer puts no weight decay on them, which would pull them toward 0 instead."""
+        return frozenset()
 
     @classmethod
     def applicability(cls) -> str:
@@ -203,6 +221,9 @@ def register_method(name: str) -> Callable[[type[TransferMethod]], type[Transfer
         if unknown_reads:
             raise ConfigError(f"method {name!r} declares unknown reads {sorted(unknown_reads)}; "
                               f"valid: {sorted(READABLE)}")
+        if cls.layers not in LAYER_CHOICES:
+            raise ConfigError(f"method {name!r} declares layers={cls.layers!r}; valid: "
+                              f"{list(LAYER_CHOICES)}")
         names = [hp.name for hp in cls.hyperparams]
         if len(set(names)) != len(names):
             raise ConfigError(f"method {name!r} declares a hyper-parameter twice: {names}")
@@ -309,6 +330,17 @@ def pooled(features: Tensor) -> Tensor:
         raise ConfigError(f"features must be (B, C) or (B, C, H, W), got shape "
                           f"{tuple(features.shape)}")
     return features
+
+
+def default_pairs(pairs: Sequence[Any], choice: LayerChoice) -> list[Any]:
+    """The stage pairs a method uses by default, from all of them (shallow -> deep).
+
+    ``middle`` is the second stage when there are three or four, as RepDistiller's
+    ``--hint_layer 2`` (its feature list starts with the stem); in general ``(n - 1) // 2``.
+    """
+    if choice == "all" or not pairs:
+        return list(pairs)
+    return [pairs[(len(pairs) - 1) // 2]] if choice == "middle" else [pairs[-1]]
 
 
 def deepest_pair(pairs: tuple[LayerPair, ...], method: str) -> LayerPair:

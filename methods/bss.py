@@ -44,12 +44,17 @@ class BatchSpectralShrinkage(TransferMethod):
     """Penalizes the weakest spectral directions of the student's batch features."""
 
     summary = "batch spectral shrinkage of the smallest singular values (Chen et al. 2019)"
+    reference = ("Chen et al. 2019; Transfer-Learning-Library tllib/regularization/bss.py, "
+                 "examples/task_adaptation/image_classification/bss.py")
+    layers = "last"
     reads = frozenset({"student_features"})
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 1e-3, 1e-5, 1e-1, log=True,
-                   help="η, the weight of the summed squared singular values"),
-        HyperParam("k", "int", 1, 1, 8, help="how many of the smallest singular values"),
+                   help="η, the weight of the summed squared singular values",
+                   source="the paper's η = 1e-3 (tllib bss.py --trade-off 0.001); range: ours"),
+        HyperParam("k", "int", 1, 1, 8, help="how many of the smallest singular values",
+                   source="the paper's k = 1 (tllib bss.py -k 1); range: ours"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -41,11 +42,14 @@ class CKAMatching(TransferMethod):
     """Aligns the example-by-example similarity structure of each layer pair; any widths."""
 
     summary = "linear CKA between teacher and student layers (1 − CKA per pair)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = "Kornblith et al. 2019 (CKA as a similarity index; no distillation recipe)"
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 1.0, 1e-2, 100.0, log=True,
-                   help="weight of the summed 1 − CKA terms (no canonical value)"),
+                   help="weight of the summed 1 − CKA terms",
+                   source="ours: no canonical value; 1 − CKA ∈ [0, 1] on the task loss's "
+                          "scale"),
     )
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -88,17 +89,24 @@ class ContrastiveRD(TransferMethod):
     """Student and teacher embeddings of one input must recognize each other among others."""
 
     summary = "contrastive representation distillation, NCE with a FIFO queue (Tian et al. 2020)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = "Tian et al. 2020; RepDistiller crd/criterion.py, crd/memory.py, -a 0 -b 0.8"
+    reads = FEATURE_READS
+    layers = "last"
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.8, 1e-2, 10.0, log=True,
-                   help="β, weight of the two NCE losses (CRD: 0.8)"),
+                   help="β, weight of the two NCE losses",
+                   source="RepDistiller -b 0.8; range: ours"),
         HyperParam("temperature", "float", 0.07, 0.02, 0.5, log=True,
-                   help="τ of exp(<s, t>/τ) (CRD: 0.07)"),
+                   help="τ of exp(<s, t>/τ)",
+                   source="RepDistiller --nce_t 0.07; range: ours"),
         HyperParam("queue_size", "int", 4096, 64, 65536, log=True, searchable=False,
-                   help="FIFO queue of past embeddings used as negatives"),
+                   help="FIFO queue of past embeddings used as negatives",
+                   source="ours: replaces CRD's 16384-negative memory bank (see the "
+                          "docstring)"),
         HyperParam("feat_dim", "int", 128, 16, 1024, log=True, searchable=False,
-                   help="embedding dimension of the two linear heads (CRD: 128)"),
+                   help="embedding dimension of the two linear heads",
+                   source="RepDistiller --feat_dim 128"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:

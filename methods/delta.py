@@ -17,7 +17,11 @@ Departures from the paper, and why:
 * Batch mean. The paper writes Ω per example inside the empirical risk; the authors' code sums
   it over the batch while averaging the cross-entropy, which makes its α batch-size dependent
   (its α = 0.01 at batch 64 is α = 0.64 here). We average over the batch, as the paper's formula
-  does; the defaults α = β = 0.01 are the paper's / code's values.
+  does, so the default α = 0.64 is the authors' 0.01 at their batch of 64; β = 0.01 is theirs
+  (the head's penalty does not depend on the batch).
+* Weight decay. The optimizer puts none on the transferred weights, which DELTA keeps near
+  the start (weight decay would pull them toward 0; the Transfer-Learning-Library example
+  runs with weight decay 0); the rest keeps the run's weight decay.
 * Channel attention. The paper scores channel ``j`` by the loss increase when it is zeroed,
   ``L(z(x, w*∖j), y) − L(z(x, w*), y)``, measured on the target data with the starting model
   (whose new classifier was first trained on the target task), then z-scores the scores within
@@ -87,17 +91,24 @@ class DELTA(TransferMethod):
     """Keeps the student's feature maps near the starting model's, channel-weighted."""
 
     summary = "feature maps toward the starting model's, channel attention (Li et al. 2019)"
+    reference = ("Li et al. 2019; Transfer-Learning-Library tllib/regularization/delta.py, "
+                 "examples/task_adaptation/image_classification/delta.py")
     reads = frozenset({"student_features", "teacher_features", "student_weights"})
     needs_same_architecture = True
     needs_layer_pairs = True
     hyperparams = (
-        HyperParam("alpha", "float", 0.01, 1e-4, 10.0, log=True,
-                   help="α, weight of the behavioural (feature-map) term"),
+        HyperParam("alpha", "float", 0.64, 1e-2, 64.0, log=True,
+                   help="α, weight of the behavioural (feature-map) term (batch mean)",
+                   source="the authors' α = 0.01 summed over a batch of 64 (tllib "
+                          "--trade-off-backbone 0.01) = 0.64 as a batch mean; range: ours, "
+                          "about two decades either side"),
         HyperParam("beta", "float", 0.01, 1e-4, 1.0, log=True,
-                   help="β, weight of ||w||² on the new head"),
+                   help="β, weight of ||w||² on the new head",
+                   source="the authors' β = 0.01 (tllib --trade-off-head 0.01); range: ours"),
         HyperParam("attention", "categorical", "energy", choices=ATTENTION, searchable=False,
                    help="channel weights: energy on the first batch (proxy for the paper's "
-                        "loss increase), or uniform"),
+                        "loss increase), or uniform",
+                   source="ours: a proxy for the paper's loss increase (see the docstring)"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
@@ -113,6 +124,10 @@ class DELTA(TransferMethod):
             self.register_buffer(_buffer_name(pair), torch.zeros(pair.student_shape[0]),
                                  persistent=False)
         self.register_buffer("attention_ready", torch.tensor(False), persistent=False)
+
+    def anchored_parameters(self) -> frozenset[str]:
+        return frozenset(n for n, _ in self.student[0].named_parameters()
+                         if n not in self.head)
 
     def channel_weights(self, pair: LayerPair) -> Tensor:
         return getattr(self, _buffer_name(pair))

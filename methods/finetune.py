@@ -12,6 +12,7 @@ class FineTune(TransferMethod):
     """No regularizer. In ``transfer`` the student starts from the teacher's weights."""
 
     summary = "task loss only (no regularizer)"
+    reference = "the standard baseline"
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
         return {}

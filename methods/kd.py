@@ -27,12 +27,17 @@ class KnowledgeDistillation(TransferMethod):
     """Matches the teacher's softened predictions; needs the teacher's label set."""
 
     summary = "soft-target distillation (Hinton et al. 2015)"
+    reference = "Hinton et al. 2015; RepDistiller distiller_zoo/KD.py, -r 0.1 -a 0.9 --kd_T 4"
     reads = frozenset({"student_logits", "teacher_logits"})
     needs_same_labels = True
+    layers = "last"  # reads logits; the pair only feeds the diagnostics
     hyperparams = (
         HyperParam("alpha", "float", 0.9, 0.1, 1.0, help="weight of the soft term; the task "
-                   "loss gets 1 − alpha"),
-        HyperParam("temperature", "float", 4.0, 1.0, 10.0, help="softmax temperature T"),
+                   "loss gets 1 − alpha",
+                   source="RepDistiller -a 0.9 -r 0.1, mdistiller KD weights 0.9/0.1; range: "
+                          "ours"),
+        HyperParam("temperature", "float", 4.0, 1.0, 10.0, help="softmax temperature T",
+                   source="RepDistiller --kd_T 4, mdistiller KD.TEMPERATURE 4; range: ours"),
     )
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:

@@ -1,6 +1,9 @@
 """L2-SP (Li, Grandvalet & Davoine 2018): weight decay toward the starting point.
 
 ``α/2 · ||w_S − w⁰_S||²`` on the transferred weights plus ``β/2 · ||w_new||²`` on the new head.
+The optimizer puts no weight decay on the transferred weights (it would pull them toward 0
+against the penalty, as the Transfer-Learning-Library examples avoid with weight decay 0); the
+rest keeps the run's weight decay.
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ class L2SP(TransferMethod):
     """Pulls every transferred weight toward its pre-trained value."""
 
     summary = "L2 penalty toward the starting weights (Li et al. 2018)"
+    reference = ("Li, Grandvalet & Davoine 2018; Transfer-Learning-Library "
+                 "tllib/regularization/delta.py SPRegularization")
     reads = frozenset({"student_weights", "start_weights"})
     needs_same_architecture = True
     hyperparams = (
         HyperParam("alpha", "float", 0.01, 1e-4, 1.0, log=True,
-                   help="weight of ||w − w0||² on the transferred weights"),
-        HyperParam("beta", "float", 1e-4, 1e-6, 1e-2, log=True,
-                   help="weight of ||w||² on the new head"),
+                   help="weight of ||w − w0||² on the transferred weights",
+                   source="Transfer-Learning-Library delta.py example, --regularization-type "
+                          "l2_sp --trade-off-backbone 0.01 (the paper selects α by "
+                          "cross-validation); range: ours"),
+        HyperParam("beta", "float", 0.01, 1e-4, 1.0, log=True,
+                   help="weight of ||w||² on the new head",
+                   source="Transfer-Learning-Library delta.py example --trade-off-head 0.01 "
+                          "(L2Regularization, ½||w||²); range: ours"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
@@ -35,6 +45,9 @@ class L2SP(TransferMethod):
         for name, weight in shared.items():
             self.register_buffer(_buffer_name(name), weight.detach().clone(), persistent=False)
         self.shared_names = tuple(shared)
+
+    def anchored_parameters(self) -> frozenset[str]:
+        return frozenset(self.shared_names)
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:
         params = dict(self.student[0].named_parameters())

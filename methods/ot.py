@@ -15,7 +15,7 @@ training steps (see its docstring).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -128,7 +129,8 @@ def cost_matrix(teacher: Tensor, student: Tensor, cost_scale: str = "mean",
     return sq / teacher.shape[1] if cost_scale == "mean" else sq
 
 
-def _uniform(n: int) -> np.ndarray:
+def uniform_weights(n: int) -> np.ndarray:
+    """The uniform measure's weights on ``n`` neurons."""
     return np.full(n, 1.0 / n)
 
 
@@ -147,7 +149,8 @@ def solver_cost(cost: np.ndarray) -> np.ndarray:
 
 def _exact_plan(cost: np.ndarray) -> np.ndarray:
     n_t, n_s = cost.shape
-    plan, log = ot.emd(_uniform(n_t), _uniform(n_s), cost, numItermax=EMD_MAX_ITER, log=True)
+    plan, log = ot.emd(uniform_weights(n_t), uniform_weights(n_s), cost,
+                       numItermax=EMD_MAX_ITER, log=True)
     if log.get("result_code", 1) != 1:
         warnings.warn(f"exact OT did not reach the optimum on a {n_t}×{n_s} cost: "
                       f"{log.get('warning')}", OTSolverWarning, stacklevel=3)
@@ -173,7 +176,7 @@ def sinkhorn_plan(cost: np.ndarray, reg: float, settings: OTSettings) -> np.ndar
     """Log-domain Sinkhorn plan for uniform weights at absolute ``reg``, with an explicit
     marginal check that warns when it did not converge (POT's own warning is easy to miss)."""
     n_t, n_s = cost.shape
-    a, b = _uniform(n_t), _uniform(n_s)
+    a, b = uniform_weights(n_t), uniform_weights(n_s)
     plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log",
                        numItermax=settings.sinkhorn_max_iter,
                        stopThr=settings.sinkhorn_tol, warn=False)
@@ -200,7 +203,7 @@ def transport_plan(cost: Tensor, settings: OTSettings) -> Tensor:
     if not np.isfinite(cost64).all():
         # Diverged features: any feasible plan keeps the loss non-finite, so the training
         # loop reports which term went bad instead of the solver failing obscurely.
-        plan = np.outer(_uniform(cost64.shape[0]), _uniform(cost64.shape[1]))
+        plan = np.outer(uniform_weights(cost64.shape[0]), uniform_weights(cost64.shape[1]))
     elif solver == "exact":
         plan = _exact_plan(solver_cost(cost64))
     elif solver == "assignment":
@@ -327,6 +330,28 @@ def check_pair_shapes(pair: LayerPair, spatial: str, method: str = "ot") -> None
                           "set spatial='pool' or pair layers of equal size")
 
 
+def check_ot_pairs(method: str, pairs: Sequence[LayerPair], spatial: str) -> None:
+    """Fail before training on a pair an OT method cannot compare, naming both layers."""
+    for pair in pairs:
+        check_pair_shapes(pair, spatial, method)
+
+
+def neuron_hyperparams() -> tuple[HyperParam, ...]:
+    """The neuron/cost settings shared by ``ot`` and its variants (fixed unless a suite
+    searches them)."""
+    return (
+        HyperParam("normalize", "categorical", "none", choices=NORMALIZATIONS,
+                   searchable=False, help="per-neuron normalization before the cost",
+                   source="Li et al. 2021: raw activations"),
+        HyperParam("cost_scale", "categorical", "mean", choices=COST_SCALES,
+                   searchable=False, help="mean divides the cost by d = B·H·W",
+                   source="ours: a λ that does not depend on batch and map size"),
+        HyperParam("spatial", "categorical", "pool", choices=SPATIAL_MODES, searchable=False,
+                   help="pool the larger feature map to the smaller one, or refuse",
+                   source="ours: the pooling AT, NST and FitNets use for unequal maps"),
+    )
+
+
 @register_method("ot")
 class OTTransfer(TransferMethod):
     """λ · Σ_layers w_l · Ω(teacher layer, student layer): the paper's regularizer.
@@ -339,24 +364,25 @@ class OTTransfer(TransferMethod):
     """
 
     summary = "Wasserstein distance between teacher and student neurons (Li et al. 2021)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = "Li, Grandvalet, Flamary, Courty & Dou 2021 (no public code)"
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.1, 1e-4, 10.0, log=True,
-                   help="λ, the weight of the summed regularizer"),
+                   help="λ, the weight of the summed regularizer",
+                   source="ours: the paper gives no λ; the range is its wide log-uniform "
+                          "search with the mean-scaled cost"),
         HyperParam("solver", "categorical", "auto", choices=SOLVERS, searchable=False,
-                   help="auto = assignment for equal widths, network simplex otherwise"),
+                   help="auto = assignment for equal widths, network simplex otherwise",
+                   source="the paper's exact OT (POT emd / scipy assignment)"),
         HyperParam("epsilon", "float", 1e-2, 1e-4, 1.0, log=True, searchable=False,
-                   help="Sinkhorn entropic weight, relative to the mean cost"),
-        HyperParam("normalize", "categorical", "none", choices=NORMALIZATIONS,
-                   searchable=False, help="per-neuron normalization before the cost"),
-        HyperParam("cost_scale", "categorical", "mean", choices=COST_SCALES,
-                   searchable=False, help="mean divides the cost by d = B·H·W"),
-        HyperParam("spatial", "categorical", "pool", choices=SPATIAL_MODES, searchable=False,
-                   help="pool the larger feature map to the smaller one, or refuse"),
+                   help="Sinkhorn entropic weight, relative to the mean cost",
+                   source="ours: used by solver sinkhorn only"),
+        *neuron_hyperparams(),
         HyperParam("plan_every", "int", 1, 1, 100, searchable=False,
                    help="solve the plans every k training steps and reuse them in between; "
-                        "1 = the exact plan at every step"),
+                        "1 = the exact plan at every step",
+                   source="the paper: a fresh plan each step"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
@@ -367,8 +393,7 @@ class OTTransfer(TransferMethod):
         if self.plan_every < 1:
             raise ConfigError(f"method 'ot': plan_every must be >= 1, got {self.plan_every}")
         self.settings = OTSettings(**hp)
-        for pair in self.pairs:
-            check_pair_shapes(pair, self.settings.spatial)
+        check_ot_pairs(self.name, self.pairs, self.settings.spatial)
         self._plans: dict[str, Tensor] = {}
         self._steps = 0
 

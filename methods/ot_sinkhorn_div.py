@@ -25,7 +25,6 @@ only the marginal-error warning fires). On random features ``S_ε`` is 14 % belo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,56 +33,24 @@ from scipy.special import xlogy
 from torch import Tensor
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
     TransferContext,
     TransferMethod,
-    flatten_neurons,
     per_pair_terms,
     register_method,
 )
 from .ot import (
-    COST_SCALES,
-    NORMALIZATIONS,
-    SPATIAL_MODES,
     OTSettings,
-    check_pair_shapes,
+    check_ot_pairs,
     cost_matrix,
-    match_spatial,
-    normalize_neurons,
+    neuron_hyperparams,
+    neuron_pair,
     sinkhorn_plan,
+    uniform_weights,
 )
-
-
-def neuron_hyperparams() -> tuple[HyperParam, ...]:
-    """The neuron/cost settings shared with ``ot`` (fixed unless a suite searches them)."""
-    return (
-        HyperParam("normalize", "categorical", "none", choices=NORMALIZATIONS,
-                   searchable=False, help="per-neuron normalization before the cost"),
-        HyperParam("cost_scale", "categorical", "mean", choices=COST_SCALES,
-                   searchable=False, help="mean divides the cost by d = B·H·W"),
-        HyperParam("spatial", "categorical", "pool", choices=SPATIAL_MODES, searchable=False,
-                   help="pool the larger feature map to the smaller one, or refuse"),
-    )
-
-
-def check_ot_pairs(method: str, pairs: Sequence[LayerPair], spatial: str) -> None:
-    """Fail before training on a pair an OT variant cannot compare, naming both layers."""
-    for pair in pairs:
-        check_pair_shapes(pair, spatial, method)
-
-
-def neuron_sets(teacher: Tensor, student: Tensor, settings: OTSettings,
-                where: str = "") -> tuple[Tensor, Tensor]:
-    """``(n_t, d)`` and ``(n_s, d)`` neuron matrices, exactly as ``ot`` builds its costs."""
-    teacher, student = match_spatial(teacher, student, settings.spatial, where)
-    return (normalize_neurons(flatten_neurons(teacher), settings.normalize),
-            normalize_neurons(flatten_neurons(student), settings.normalize))
-
-
-def _uniform(n: int) -> np.ndarray:
-    return np.full(n, 1.0 / n)
 
 
 def entropic_ot(cost: Tensor, reg: float, settings: OTSettings) -> Tensor:
@@ -92,7 +59,7 @@ def entropic_ot(cost: Tensor, reg: float, settings: OTSettings) -> Tensor:
     The plan is a constant: the value's gradient is ``P``, the envelope theorem's.
     """
     cost64 = cost.detach().to("cpu", torch.float64).numpy()
-    a, b = _uniform(cost64.shape[0]), _uniform(cost64.shape[1])
+    a, b = uniform_weights(cost64.shape[0]), uniform_weights(cost64.shape[1])
     # A diverged cost keeps the value non-finite, so the training loop names the term.
     finite = np.isfinite(cost64).all()
     plan = sinkhorn_plan(cost64, reg, settings) if finite else np.outer(a, b)
@@ -117,7 +84,7 @@ def sinkhorn_divergence_features(teacher_features: Tensor, student_features: Ten
     """``S_ε`` between two layers' features, ``(B, C, H, W)`` or ``(B, C)``; keyword settings
     are :class:`OTSettings` fields (normalize, cost_scale, spatial, epsilon...)."""
     config = OTSettings.from_kwargs(settings)
-    return sinkhorn_divergence(*neuron_sets(teacher_features, student_features, config), config)
+    return sinkhorn_divergence(*neuron_pair(teacher_features, student_features, config), config)
 
 
 @register_method("ot-sinkhorn-div")
@@ -125,13 +92,16 @@ class SinkhornDivergenceTransfer(TransferMethod):
     """λ · Σ_layers w_l · S_ε(teacher neurons, student neurons)."""
 
     summary = "debiased Sinkhorn divergence between teacher and student neurons"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = "Genevay, Peyré & Cuturi 2018; Feydy et al. 2019 (variant of Li et al. 2021)"
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.1, 1e-4, 10.0, log=True,
-                   help="λ, the weight of the summed regularizer (as ot)"),
+                   help="λ, the weight of the summed regularizer (as ot)",
+                   source="ours: as ot"),
         HyperParam("epsilon", "float", 0.1, 1e-2, 1.0, log=True,
-                   help="entropic ε relative to the mean cost: → 0 exact OT, large: MMD-like"),
+                   help="entropic ε relative to the mean cost: → 0 exact OT, large: MMD-like",
+                   source="ours: Sinkhorn converges in < 1000 iterations at 0.1 (docstring)"),
         *neuron_hyperparams(),
     )
 
@@ -146,5 +116,5 @@ class SinkhornDivergenceTransfer(TransferMethod):
         return per_pair_terms(self.name, self.pairs, step, self.weight, self.divergence)
 
     def divergence(self, pair: LayerPair, teacher: Tensor, student: Tensor) -> Tensor:
-        return sinkhorn_divergence(*neuron_sets(teacher, student, self.settings,
+        return sinkhorn_divergence(*neuron_pair(teacher, student, self.settings,
                                                 pair.describe()), self.settings)

@@ -31,6 +31,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -39,8 +40,7 @@ from .base import (
     per_pair_terms,
     register_method,
 )
-from .ot import OTSettings
-from .ot_sinkhorn_div import check_ot_pairs, neuron_hyperparams, neuron_sets
+from .ot import OTSettings, check_ot_pairs, neuron_hyperparams, neuron_pair
 
 
 def random_directions(dim: int, count: int, seed: int, device: torch.device | str = "cpu",
@@ -75,15 +75,19 @@ class SlicedOTTransfer(TransferMethod):
     """λ · Σ_layers w_l · SW²(teacher neurons, student neurons) over random directions."""
 
     summary = "sliced Wasserstein distance between teacher and student neurons"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = "Rabin et al. 2011, Bonneel et al. 2015 (variant of Li et al. 2021)"
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 1.0, 1e-3, 100.0, log=True,
-                   help="λ, the weight of the summed regularizer"),
+                   help="λ, the weight of the summed regularizer",
+                   source="ours: SW² is below Ω, hence above ot's 0.1 (no paper)"),
         HyperParam("n_projections", "int", 64, 8, 1024, log=True, searchable=False,
-                   help="random directions per step (more: less variance, more time)"),
+                   help="random directions per step (more: less variance, more time)",
+                   source="ours"),
         HyperParam("seed", "int", 0, 0, 1_000_000, searchable=False,
-                   help="seed of the directions (combined with the training step)"),
+                   help="seed of the directions (combined with the training step)",
+                   source="ours"),
         *neuron_hyperparams(),
     )
 
@@ -109,7 +113,7 @@ class SlicedOTTransfer(TransferMethod):
         return terms
 
     def distance(self, pair: LayerPair, teacher: Tensor, student: Tensor) -> Tensor:
-        t, s = neuron_sets(teacher, student, self.settings, pair.describe())
+        t, s = neuron_pair(teacher, student, self.settings, pair.describe())
         seed = (self.seed * 1_000_003 + self._steps) * 1009 + self._index
         self._index += 1
         directions = random_directions(t.shape[1], self.n_projections, seed, t.device, t.dtype)

@@ -38,6 +38,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -46,8 +47,13 @@ from .base import (
     per_pair_terms,
     register_method,
 )
-from .ot import OTSettings, OTSolverWarning, neuron_costs
-from .ot_sinkhorn_div import check_ot_pairs, neuron_hyperparams
+from .ot import (
+    OTSettings,
+    OTSolverWarning,
+    check_ot_pairs,
+    neuron_costs,
+    neuron_hyperparams,
+)
 
 UNBALANCED_SOLVERS = ("sinkhorn", "mm")
 
@@ -144,17 +150,23 @@ class UnbalancedOTTransfer(TransferMethod):
     """λ · Σ_layers w_l · UOT(teacher neurons, student neurons) with KL-relaxed marginals."""
 
     summary = "unbalanced OT (KL-relaxed marginals) between teacher and student neurons"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = ("Chizat, Peyré, Schmitzer & Vialard 2018; Séjourné et al. (POT "
+                 "sinkhorn_unbalanced); variant of Li et al. 2021")
+    reads = FEATURE_READS
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 0.1, 1e-4, 10.0, log=True,
-                   help="λ, the weight of the summed regularizer (as ot)"),
+                   help="λ, the weight of the summed regularizer (as ot)",
+                   source="ours: as ot"),
         HyperParam("rho", "float", 1.0, 1e-2, 100.0, log=True,
-                   help="ρ, price of unmatched mass, relative to the mean cost (∞: balanced)"),
+                   help="ρ, price of unmatched mass, relative to the mean cost (∞: balanced)",
+                   source="ours: unmatched when the cheapest match costs more than the mean"),
         HyperParam("epsilon", "float", 1e-2, 1e-3, 1.0, log=True, searchable=False,
-                   help="entropic ε relative to the mean cost (solver sinkhorn)"),
+                   help="entropic ε relative to the mean cost (solver sinkhorn)",
+                   source="ours: as ot's epsilon"),
         HyperParam("solver", "categorical", "sinkhorn", choices=UNBALANCED_SOLVERS,
-                   searchable=False, help="sinkhorn (entropic, fast) or mm (no entropy)"),
+                   searchable=False, help="sinkhorn (entropic, fast) or mm (no entropy)",
+                   source="POT's unbalanced solvers"),
         *neuron_hyperparams(),
     )
 

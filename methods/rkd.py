@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     StepOutputs,
     TransferContext,
@@ -73,13 +74,17 @@ class RelationalKD(TransferMethod):
     """Matches the geometry of the batch (distances, angles), not the features; any widths."""
 
     summary = "relational KD: pairwise distances and triplet angles (Park et al. 2019)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = "Park et al. 2019; RepDistiller distiller_zoo/RKD.py (RKDLoss), -b 1"
+    reads = FEATURE_READS
+    layers = "last"
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("distance_weight", "float", 25.0, 0.1, 1000.0, log=True,
-                   help="w_d, weight of the distance-wise loss (CRD benchmark: 25)"),
+                   help="w_d, weight of the distance-wise loss",
+                   source="RepDistiller RKDLoss w_d = 25; range: ours"),
         HyperParam("angle_weight", "float", 50.0, 0.1, 1000.0, log=True,
-                   help="w_a, weight of the angle-wise loss (CRD benchmark: 50)"),
+                   help="w_a, weight of the angle-wise loss",
+                   source="RepDistiller RKDLoss w_a = 50; range: ours"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:

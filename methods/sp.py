@@ -4,8 +4,9 @@ Per layer pair, each side's batch similarity matrix ``G = Q·Qᵀ`` (``Q``: the 
 flattened features) is L2-normalized row by row, ``G̃ = normalize_rows(G)``; the loss is
 ``γ · Σ_pairs w_l · ||G̃_T − G̃_S||_F² / B²``. Only the batch size must agree, so any widths and
 spatial sizes pair up. ``γ = 3000`` is the paper's CIFAR-10 value (also the CRD benchmark's).
-The paper places the loss at the end of a network's last group(s); here it is summed over the
-configured pairs (default: all stages), so restrict ``layers`` to reproduce one placement.
+By default the loss sits on the last stage pair only, as in the paper (the end of the last
+group) and RepDistiller (``feat[-2]``, the last stage before pooling); ``layers`` can sum it
+over more pairs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    FEATURE_READS,
     HyperParam,
     LayerPair,
     StepOutputs,
@@ -46,11 +48,15 @@ class SimilarityPreserving(TransferMethod):
     """Inputs that look alike to the teacher should look alike to the student."""
 
     summary = "similarity-preserving: batch Gram matrices (Tung & Mori 2019)"
-    reads = frozenset({"student_features", "teacher_features"})
+    reference = ("Tung & Mori 2019; RepDistiller distiller_zoo/SP.py, helper/loops.py "
+                 "(feat[-2])")
+    reads = FEATURE_READS
+    layers = "last"
     needs_layer_pairs = True
     hyperparams = (
         HyperParam("weight", "float", 3000.0, 10.0, 1e5, log=True,
-                   help="γ, the weight of the summed losses (paper: 3000)"),
+                   help="γ, the weight of the summed losses",
+                   source="the paper's CIFAR value, RepDistiller -b 3000; range: ours"),
     )
 
     def forward(self, step: StepOutputs) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -56,6 +56,8 @@ class ResultTable:
     methods: list[str]
     overhead: pd.Series | None
     options: ReportOptions
+    #: How each column's accuracies were produced (the final runs' ``protocol`` tag).
+    protocols: dict[Column, str] = field(default_factory=dict)
 
     def cell(self, column: Column, method: str) -> pd.Series | None:
         cells = self.cells
@@ -141,7 +143,27 @@ def summarize(final: pd.DataFrame, options: ReportOptions) -> ResultTable:
     cells = _rank(pd.DataFrame(rows, columns=[*Column._fields, "method", "n", "mean", "std",
                                               "p_value", "significant"]), options.decimals)
     return ResultTable(cells, ordered_columns(cells, options),
-                       options.order_methods(cells.method), _overhead(final, options), options)
+                       options.order_methods(cells.method), _overhead(final, options), options,
+                       _protocols(final))
+
+
+def _protocols(final: pd.DataFrame) -> dict[Column, str]:
+    """Each column's protocol tag(s); runs logged before the tag existed have none."""
+    if "protocol" not in final:
+        return {}
+    return {Column(*key): "; or ".join(sorted(group.dropna().unique()))
+            for key, group in final.groupby(list(Column._fields), sort=False)["protocol"]
+            if group.notna().any()}
+
+
+def protocol_note(table: ResultTable) -> str:
+    """One sentence per distinct protocol, naming its columns when they differ."""
+    shown = {c: table.protocols[c] for c in table.columns if c in table.protocols}
+    distinct = sorted(set(shown.values()))
+    if len(distinct) == 1:
+        return f"Protocol (every column): {distinct[0]}."
+    return " ".join(f"Protocol ({', '.join(table.label(c) for c in shown if shown[c] == p)}): "
+                    f"{p}." for p in distinct)
 
 
 def ordered_columns(cells: pd.DataFrame, options: ReportOptions) -> list[Column]:
@@ -247,6 +269,8 @@ def note(table: ResultTable, markup: Markup) -> str:
         test = markup.escape(f"No significance marks: the reference method {reference} has "
                              "no final runs.")
     sentences.append(f"{MISSING}: no finished run.")
+    if table.protocols:
+        sentences.append(protocol_note(table))
     if table.overhead is not None:
         sentences.append("Reg. time: the regularizer's share of training time (%), mean over "
                          "the method's final runs.")

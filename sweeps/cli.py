@@ -17,8 +17,10 @@ from otbench.errors import ConfigError
 from .schema import bundled_suites
 
 if TYPE_CHECKING:
+    from otbench.benchmark.data import TaskSpec
+
     from .driver import StudyResult
-    from .suite import Suite
+    from .suite import StudySpec, Suite
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -96,13 +98,59 @@ def print_plan(suite: Suite, storage_url: str) -> None:
           f"{suite.experiment!r}")
     print(f"budget: {budget.trials} trials per study ({', '.join(limits)}); {prune}; "
           f"final stage: best params × {suite.final.seeds} seeds, scored on test")
+    print(f"final runs: {final_protocol(suite)}")
     print(f"storage: {display_url(storage_url)}")
     print(f"tracking: {tracking_uri_for(suite.tracking_uri, suite.results_dir)}")
     width = max(len(spec.name) for spec in suite.studies)
     for spec in suite.studies:
         trials = f"{spec.trials} trial{'s' if spec.trials > 1 else ''}"
         print(f"  {spec.name:<{width}}  {trials:>10}  {describe(spec.space)}")
+        print(f"  {'':<{width}}  {'':>10}  {study_setup(spec)}")
     print("dry run: nothing was trained or written")
+
+
+def final_protocol(suite: Suite) -> str:
+    """How the final runs produce their test accuracy, with the refit's training size."""
+    if suite.final.refit != "train+val":
+        return ("trained on the training split as the search was (validation held out), "
+                "test scored after the last epoch")
+    sizes = sorted({refit_size(spec.plan.task) for spec in suite.studies})
+    return (f"refit on train+val ({'; '.join(sizes)}) with the chosen hyper-parameters and "
+            "the same epochs, test scored once after the last epoch")
+
+
+def refit_size(task: TaskSpec) -> str:
+    """What a refit trains on: the whole training pool when the task takes all of it."""
+    from otbench.benchmark.data.sources import DATASETS
+
+    total = DATASETS[task.dataset].train_images
+    if task.per_class is None and task.classes is None and total is not None:
+        return f"{task}: all {total} training images"
+    if task.per_class is None:
+        return f"{task}: all its training images"
+    return f"{task}: {task.per_class} per class plus the validation images"
+
+
+def study_setup(spec: StudySpec) -> str:
+    """The study's optimizer and the layer pairs its method uses."""
+    from otbench.benchmark.models import default_layer_pairs
+    from otbench.methods.base import default_pairs
+    from otbench.methods.catalog import LAYER_TEXT
+
+    cfg = spec.plan.config
+    train = cfg.train
+    momentum = ("" if train.optimizer != "sgd" else
+                f" momentum {train.momentum:g} ({'Nesterov' if train.nesterov else 'plain'})")
+    optimizer = f"{train.optimizer} lr {train.lr:g}{momentum} weight decay {train.weight_decay:g}"
+    pairs = cfg.layers or default_pairs(default_layer_pairs(spec.plan.teacher_spec,
+                                                           spec.plan.student_spec),
+                                        spec.plan.method.layers)
+    if not spec.plan.method.needs_layer_pairs:
+        layers = "no layer pairs"
+    else:
+        chosen = "configured" if cfg.layers else LAYER_TEXT[spec.plan.method.layers]
+        layers = f"layers ({chosen}): " + ", ".join(f"{t}→{s}" for t, s in pairs)
+    return f"{optimizer}; {layers}"
 
 
 def print_results(results: list[StudyResult]) -> None:

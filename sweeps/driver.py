@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import optuna
 import torch
 
 from otbench.benchmark.runner import run_tags
@@ -24,6 +25,7 @@ from otbench.benchmark.teachers import get_teacher
 from otbench.benchmark.tracking import RunLogger, client_for, ensure_run, tracking_uri_for
 
 from . import final
+from .space import Space
 from .studies import Counts, count, make_storage, open_study, overhead_seconds
 from .suite import Suite
 from .worker import WorkerJob, run_worker
@@ -46,7 +48,9 @@ def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]
     storage = make_storage(storage_url, suite.heartbeat, uri)
     parents = {}
     for spec in suite.studies:
-        open_study(storage, spec.name, suite.pruner)
+        study = open_study(storage, spec.name, suite.pruner)
+        if not study.get_trials(deepcopy=False):
+            queue_defaults(study, spec.space)
         open_study(storage, final.study_name(spec.name), None)
         parents[spec.name] = ensure_run(uri, suite.experiment, run_name=spec.name,
                                         tags=run_tags(spec.plan, "study"),
@@ -54,6 +58,18 @@ def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]
                                         artifact_root=Path(suite.results_dir) / "artifacts")
     prepare_teachers(suite, uri, progress=progress)
     return parents
+
+
+def queue_defaults(study: optuna.Study, space: Space) -> None:
+    """Make a new study's first trial the method's defaults (its authors' settings, where
+    they give some), so the search always includes them; a default the suite's range
+    excludes is left to the sampler."""
+    inside = {hp.name: hp.default for hp in space
+              if (hp.choices is not None and hp.default in hp.choices)
+              or (hp.low is not None and hp.high is not None and hp.low <= hp.default <= hp.high)
+              or hp.kind == "bool"}
+    if inside:
+        study.enqueue_trial(inside)
 
 
 def prepare_teachers(suite: Suite, tracking_uri: str, *, progress: bool) -> None:

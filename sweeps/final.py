@@ -111,11 +111,13 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
     if reused is not None:
         return reused
     cfg = work.spec.run_config(trial.user_attrs[PARAMS], seed=seed, evaluate_test=True,
-                               tags={"best_trial": str(trial.user_attrs[SOURCE_TRIAL])})
+                               tags={"best_trial": str(trial.user_attrs[SOURCE_TRIAL])},
+                               refit=worker.suite.final.refit == "train+val")
     with recorded_failure(trial):
         result = execute_run(cfg, stage="final", parent_run_id=work.parent_run_id,
                              on_start=run_recorder(trial), progress=worker.progress)
-    trial.set_user_attr("val_acc", result.val_acc)
+    if not cfg.refit:  # a refit has no held-out validation
+        trial.set_user_attr("val_acc", result.val_acc)
     record_loop_time(trial, result)
     assert result.test_acc is not None  # evaluate_test=True
     return result.test_acc

@@ -39,6 +39,10 @@ class FinalSettings(Strict):
     """The final stage: the best parameters re-trained with seeds 0..seeds-1, on test."""
 
     seeds: PositiveInt = 3
+    refit: Literal["train+val"] | None = Field(
+        None, description="train+val: final runs retrain on the training and validation "
+        "data together (same epochs), then score test once; unset: they train on the "
+        "training split as the search did")
 
 
 class HeartbeatSettings(Strict):

@@ -43,6 +43,7 @@ SWEEP_KEYS = {
     "params": "use the suite's search: section (a one-value choices list fixes a parameter)",
     "experiment": "set the suite's top-level experiment",
     "evaluate_test": "the final stage scores on the test split by itself",
+    "refit": "set final.refit: train+val in the suite",
 }
 #: Keys that must be one value for the whole suite (one results folder, one MLflow store).
 SUITE_WIDE_KEYS = ("results_dir", "tracking_uri")
@@ -66,11 +67,11 @@ class StudySpec:
 
     def run_config(self, params: Mapping[str, Any], *, seed: int | None = None,
                    evaluate_test: bool = False, tags: Mapping[str, str] = (),
-                   diagnostics: bool = True) -> RunConfig:
+                   diagnostics: bool = True, refit: bool = False) -> RunConfig:
         """The run config of one trial or final run of this study; ``diagnostics=False``
         turns them off whatever the suite's defaults say."""
         data = deep_merge(self.config, {"params": dict(params), "tags": dict(tags),
-                                        "evaluate_test": evaluate_test})
+                                        "evaluate_test": evaluate_test, "refit": refit})
         if seed is not None:
             data["seed"] = seed
         if not diagnostics:

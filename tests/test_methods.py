@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,9 @@ from otbench.methods import (
     method_names,
     register_method,
 )
+from otbench.methods.base import default_pairs
+from otbench.methods.catalog import builtin_methods, markdown_table, references_table
+from otbench.methods.fitnets import make_regressor
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -70,17 +75,18 @@ def test_at_matches_numpy() -> None:
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     expected = ((attention(s.numpy()) - attention(t.numpy())) ** 2).mean()
-    assert terms["at/s"].item() == pytest.approx(50.0 * expected, rel=1e-5)
+    # the authors' cifar.py and RepDistiller: β · Σ mean (Q_S − Q_T)², no ½
+    assert terms["at/s"].item() == pytest.approx(100.0 * expected, rel=1e-5)
 
 
 def test_fitnets_with_an_identity_regressor_is_plain_mse() -> None:
     t, s = rand(4, 3, 2, 2, seed=5), rand(4, 3, 2, 2, seed=6)
     pair = LayerPair("t", "s", (3, 2, 2), (3, 2, 2))
     method = get_method("fitnets")(context([pair]), weight=2.0).eval()
-    conv, bn = method.regressors["s"]
+    conv, bn, _ = method.regressors["s"]
     with torch.no_grad():
         conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-    expected = ((s.numpy() / np.sqrt(1 + bn.eps) - t.numpy()) ** 2).mean()
+    expected = ((np.maximum(s.numpy() / np.sqrt(1 + bn.eps), 0) - t.numpy()) ** 2).mean()
     assert method(step({"s": s}, {"t": t}))["fitnets/s"].item() == pytest.approx(
         2.0 * expected, rel=1e-5)
 
@@ -166,3 +172,91 @@ def test_every_method_declares_a_valid_interface() -> None:
         assert cls.name == name and cls.summary
         for hp in cls.hyperparams:
             assert hp.validate(hp.default) == hp.default
+
+
+def test_fitnets_regressor_is_conv_bn_relu() -> None:
+    # RepDistiller models/util.py ConvReg: conv → BatchNorm2d → ReLU (use_relu=True for FitNets)
+    regressor = make_regressor(LayerPair("t", "s", (8, 4, 4), (3, 4, 4)))
+    assert [type(m) for m in regressor] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    conv = regressor[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (3, 8, (1, 1))
+    out = regressor(rand(4, 3, 4, 4))
+    assert out.shape == (4, 8, 4, 4) and (out >= 0).all()
+
+
+# Each default pinned to its reference (method, parameter, value, reference).
+REFERENCE_DEFAULTS = [
+    ("fitnets", "weight", 100.0),  # RepDistiller run_cifar_distill.sh -b 100; mdistiller 100
+    ("at", "weight", 1000.0),  # attention-transfer cifar.py β=1e3; RepDistiller -b 1000
+    ("at", "p", 2),  # RepDistiller distiller_zoo/AT.py p=2
+    ("nst", "weight", 50.0),  # RepDistiller run_cifar_distill.sh -b 50
+    ("sp", "weight", 3000.0),  # RepDistiller -b 3000
+    ("pkt", "weight", 30000.0),  # RepDistiller -b 30000
+    ("rkd", "distance_weight", 25.0),  # RepDistiller RKDLoss w_d
+    ("rkd", "angle_weight", 50.0),  # RepDistiller RKDLoss w_a
+    ("crd", "weight", 0.8),  # RepDistiller -b 0.8
+    ("crd", "temperature", 0.07),  # RepDistiller --nce_t
+    ("crd", "feat_dim", 128),  # RepDistiller --feat_dim
+    ("kd", "alpha", 0.9),  # RepDistiller -a 0.9 -r 0.1
+    ("kd", "temperature", 4.0),  # RepDistiller --kd_T 4
+    ("delta", "alpha", 0.01 * 64),  # tllib --trade-off-backbone 0.01, summed over batch 64
+    ("delta", "beta", 0.01),  # tllib --trade-off-head 0.01
+    ("l2sp", "alpha", 0.01),  # tllib delta.py l2_sp --trade-off-backbone 0.01
+    ("l2sp", "beta", 0.01),  # tllib --trade-off-head 0.01
+    ("bss", "weight", 1e-3),  # Chen et al. 2019 η; tllib bss.py --trade-off 0.001
+    ("bss", "k", 1),  # Chen et al. 2019; tllib bss.py -k 1
+]
+
+
+@pytest.mark.parametrize(("method", "param", "value"), REFERENCE_DEFAULTS)
+def test_defaults_match_their_reference(method: str, param: str, value: float) -> None:
+    hp = {h.name: h for h in get_method(method).hyperparams}[param]
+    assert hp.default == pytest.approx(value)
+    assert hp.low <= hp.default <= hp.high
+    assert hp.source, f"{method}.{param} says nowhere where its default comes from"
+
+
+# Stage pairs each method uses by default: RepDistiller helper/loops.py reads feat[hint_layer=2]
+# for FitNets, feat[1:-1] (all stages) for AT and NST, feat[-2] for SP, feat[-1] for RKD,
+# PKT and CRD; the paper's OT uses all stages.
+DEFAULT_LAYERS = {"fitnets": "middle", "at": "all", "nst": "all", "ot": "all", "sp": "last",
+                  "rkd": "last", "pkt": "last", "crd": "last", "bss": "last"}
+
+
+@pytest.mark.parametrize(("method", "layers"), DEFAULT_LAYERS.items())
+def test_default_layers_follow_the_reference(method: str, layers: str) -> None:
+    assert get_method(method).layers == layers
+
+
+def test_default_pairs_pick_the_middle_or_last_stage() -> None:
+    three, four = ["s1", "s2", "s3"], ["l1", "l2", "l3", "l4"]
+    assert default_pairs(three, "middle") == ["s2"]  # RepDistiller feat[2] on a 3-stage CIFAR net
+    assert default_pairs(four, "middle") == ["l2"]  # feat[2] on a 4-stage ResNet
+    assert default_pairs(three, "last") == ["s3"]
+    assert default_pairs(three, "all") == three
+
+
+def test_every_method_names_its_sources() -> None:
+    builtin = builtin_methods()
+    assert len(builtin) == 17
+    for cls in builtin:
+        assert cls.reference, cls.name
+        assert all(hp.source for hp in cls.hyperparams), cls.name
+
+
+def test_methods_doc_lists_every_default_with_its_source() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    assert markdown_table() in doc, "docs/methods.md is stale: paste markdown_table()'s output"
+    assert references_table() in doc
+
+
+def test_l2sp_and_delta_anchor_the_transferred_weights_only() -> None:
+    student = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    start = {n: p.detach().clone() for n, p in student.named_parameters()}
+    head = frozenset({"1.weight", "1.bias"})
+    l2sp = get_method("l2sp")(context(student=student, start_weights=start, head=head))
+    assert l2sp.anchored_parameters() == {"0.weight", "0.bias"}
+    pair = LayerPair("0", "0", (4,), (4,))
+    delta = get_method("delta")(context([pair], student=student, start_weights=start, head=head))
+    assert delta.anchored_parameters() == {"0.weight", "0.bias"}
+    assert get_method("ot")(context([pair])).anchored_parameters() == frozenset()

@@ -152,7 +152,8 @@ def test_nst_matches_explicit_mmd_with_pooling() -> None:
         mmds.append(np.mean([k(x, y) for x in ft for y in ft])
                     + np.mean([k(x, y) for x in fs for y in fs])
                     - 2 * np.mean([k(x, y) for x in ft for y in fs]))
-    assert value.item() == pytest.approx(25.0 * np.mean(mmds), rel=1e-9)
+    # RepDistiller's NSTLoss: weight · MMD², no ½
+    assert value.item() == pytest.approx(50.0 * np.mean(mmds), rel=1e-9)
 
 
 def test_nst_refuses_flat_layers() -> None:

@@ -57,6 +57,8 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     needs_root: bool = False
+    #: Images in the official training split (known without opening the data), or None.
+    train_images: int | None = None
 
 
 # --------------------------------------------------------------------------- tensor pools
@@ -278,13 +280,16 @@ def open_imagefolder(root: Path | None, data_dir: Path, download: bool) -> Sourc
 #: CIFAR the usual published values (CIFAR-10 std is the per-pixel one, not 0.2023...).
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(open_digits, "digits", (0.3053,), (0.3759,)),
-    "mnist": DatasetInfo(_mnist_like("MNIST", "mnist"), "mnist", (0.1307,), (0.3081,)),
+    "mnist": DatasetInfo(_mnist_like("MNIST", "mnist"), "mnist", (0.1307,), (0.3081,),
+                         train_images=60_000),
     "fashion-mnist": DatasetInfo(_mnist_like("FashionMNIST", "fashion-mnist"), "mnist",
-                                 (0.2860,), (0.3530,)),
+                                 (0.2860,), (0.3530,), train_images=60_000),
     "cifar10": DatasetInfo(_cifar("CIFAR10", "cifar10"), "cifar",
-                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           train_images=50_000),
     "cifar100": DatasetInfo(_cifar("CIFAR100", "cifar100"), "cifar",
-                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                            train_images=50_000),
     "imagefolder": DatasetInfo(open_imagefolder, "imagenet", IMAGENET_MEAN, IMAGENET_STD,
                                needs_root=True),
 }

@@ -4,9 +4,9 @@ A 3x3 stem of 16 channels, three groups of ``n = (d - 4) / 6`` pre-activation bl
 (BN-ReLU-conv twice) with 16k/32k/64k channels, a final BN-ReLU, global average pooling
 and a linear head.
 
-Taps: ``block1``, ``block2`` are the group outputs, which in a pre-activation network are
-residual sums *before* BN-ReLU (the next group applies it); the last tap is ``act``, the
-final BN-ReLU, i.e. the post-activation output of group 3 that feeds the classifier.
+Taps: ``block1``, ``block2``, ``block3``, the group outputs, which in a pre-activation network
+are residual sums *before* BN-ReLU (the next group, or the final BN-ReLU, applies it): the
+features RepDistiller's ``wrn.py`` hands to AT, NST, SP and FitNets (``preact=False``).
 """
 
 from __future__ import annotations
@@ -72,5 +72,5 @@ class WideResNet(nn.Module):
 
 for _depth, _widen in ((16, 2), (40, 2)):
     register_model(
-        f"wrn-{_depth}-{_widen}", family="cifar", taps=("block1", "block2", "act"), head="fc"
+        f"wrn-{_depth}-{_widen}", family="cifar", taps=("block1", "block2", "block3"), head="fc"
     )(partial(WideResNet, _depth, _widen))
