@@ -9,6 +9,7 @@ torchvision behind it that took each of them 6-13 s of CPU before any work.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -58,12 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from .runner import plan_run
+    from .runner import check_results_dir, plan_run
     from .teachers import get_teacher
     from .tracking import tracking_uri_for
 
     cfg = _resolved_config(args)
     plan = plan_run(cfg)
+    check_results_dir(cfg.results_dir)
     teacher = get_teacher(plan.teacher_request, device=plan.device, data_dir=cfg.data_dir,
                           download=cfg.download, results_dir=cfg.results_dir,
                           tracking_uri=tracking_uri_for(cfg.tracking_uri, cfg.results_dir),
@@ -122,8 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_notes() -> None:
+    """otbench's own INFO messages (e.g. the image size a task was given) on stderr."""
+    logger = logging.getLogger("otbench")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("otbench: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_notes()
     try:
         load_plugins(args.plugins)
         return args.handler(args)

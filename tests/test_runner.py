@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -185,3 +186,32 @@ def test_the_command_line_module_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Path:
+    """A results folder nobody can write: read-only by mode, or, for root (whom modes do not
+    stop), a folder inside sysfs, where the kernel refuses new files."""
+    if os.geteuid() == 0:
+        folder = Path("/sys/otbench-results")
+    else:
+        folder = tmp_path / "results"
+        folder.mkdir()
+        folder.chmod(0o555)
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / "probe").touch()
+    except OSError:
+        return folder
+    pytest.fail(f"could not make an unwritable folder ({folder} accepts files)")
+
+
+@pytest.mark.parametrize("command", ["run", "teacher"])
+def test_unwritable_results_folder_is_a_clear_error(unwritable, capsys, command) -> None:
+    code = cli.main([command, str(CONFIGS / "cross.yaml"), "--quiet", "--results-dir",
+                     str(unwritable), "--tracking-uri", f"sqlite:///{unwritable}/mlflow.db",
+                     *[arg for pair in FAST for arg in ("--set", pair)]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"results_dir {str(unwritable)!r}: cannot write there" in err
+    assert "--results-dir" in err

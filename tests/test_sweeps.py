@@ -31,6 +31,7 @@ from otbench.reports.report import FIGURE_CACHE
 from otbench.sweeps import ahead as ahead_module
 from otbench.sweeps import final, search
 from otbench.sweeps.ahead import FiguresAhead
+from otbench.sweeps.driver import warn_small_data
 from otbench.sweeps.space import build_space
 from otbench.sweeps.studies import (
     LOOP_SECONDS,
@@ -579,3 +580,17 @@ def test_two_local_workers_share_the_studies_on_sqlite(tmp_path) -> None:
             sorted(t.number for t in complete)
         assert_one_final_run_per_seed(results, study, 2)
     assert_nothing_running(results)
+
+
+def test_a_task_too_small_for_its_search_is_said_before_the_sweep(tmp_path) -> None:
+    suite = load_suite(write_suite(tmp_path, defaults={"train": {"batch_size": 64}}),
+                       {"results_dir": str(tmp_path)})
+    with pytest.warns(UserWarning) as said:
+        warn_small_data(suite)
+    notes = [str(w.message) for w in said]
+    assert notes == [
+        "task digits:5-9@10: 50 training images at batch_size 64 make 1 optimizer step per "
+        "epoch; lower train.batch_size or raise the per-class count",
+        "task digits:5-9@10: 15 validation images score accuracy in steps of 7 points, so "
+        "search trials are likely to tie; raise val_fraction or the per-class count, or add "
+        "a val/ folder"]
