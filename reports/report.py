@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from otbench.errors import ConfigError
 
 from . import plots, representation, settings, studies
+from .atomic import replaced_whole
 from .collect import (
     HPARAM_PREFIX,
     add_timings,
@@ -59,16 +60,19 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
 
     ``storage`` is the Optuna storage URL for history and importance plots; by default the
     ``optuna.db`` beside a SQLite tracking store, when there is one. ``formats`` picks the
-    table files (``report.html`` is always written); figures of an earlier report in
-    ``out_dir/figures`` are replaced, so none is left stale. ``figure_workers > 1`` draws
+    table files (``report.html`` is always written). The report is written beside
+    ``out_dir`` and then replaces it whole (see :mod:`.atomic`), so a report that fails or is
+    killed half-way leaves the previous one as it was. ``figure_workers > 1`` draws
     the figures on that many spawned processes (see :class:`~.plots.FigureWriter`).
 
     Raises :class:`NoFinalRunsError` when the experiment has no finished final run, and
     :class:`UnknownExperimentError` (listing the existing ones) for a wrong name.
     """
-    with plots.frozen_gc():
-        return _write_report(tracking_uri, experiment, Path(out_dir), storage, formats,
-                             options, figure_workers)
+    out = Path(out_dir)
+    with plots.frozen_gc(), replaced_whole(out, carry=[FIGURE_CACHE]) as staging:
+        page = _write_report(tracking_uri, experiment, staging, storage, formats, options,
+                             figure_workers)
+    return out / page.relative_to(staging)
 
 
 def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | None,
@@ -93,7 +97,6 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
     out.mkdir(parents=True, exist_ok=True)
     write_tables(table, runs, out, wanted)
     figures_dir = out / "figures"
-    _clear_figures(figures_dir)
     storage = storage or studies.default_storage(tracking_uri)
     # The PNGs exist once the block ends. The many small study figures go last, so that no
     # drawing process waits at the end while another draws a large figure alone.
@@ -161,12 +164,6 @@ def stem(column: Column) -> str:
     """A column's file stem; the entry is named only when it is not just the scenario."""
     parts = [column.scenario] + ([column.entry] if column.entry != column.scenario else [])
     return "_".join(slug(p) for p in [*parts, column.task])
-
-
-def _clear_figures(folder: Path) -> None:
-    """Drop the figures of an earlier report in this folder, so none is left stale."""
-    for path in [*folder.glob("*.png"), *folder.glob("*.pdf")]:
-        path.unlink()
 
 
 def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
