@@ -24,7 +24,7 @@ from filelock import FileLock
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -323,9 +323,15 @@ def end_orphaned_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str
     :func:`end_orphaned_run`); for callers that know no live process owns such a run (e.g. it
     holds the lock those runs were made under). Returns the ids closed."""
     client = client_for(tracking_uri)
+    return [run.info.run_id for run in running_runs(tracking_uri, experiment, tags)
+            if _kill_if_running(client, run.info.run_id, reason)]
+
+
+def running_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> list[Run]:
+    """The RUNNING runs of ``experiment`` carrying ``tags`` (at most 1000)."""
+    client = client_for(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
     where = f"attributes.status = 'RUNNING' and {tags_where(tags)}"
-    runs = client.search_runs([found.experiment_id], where, max_results=1000)
-    return [r.info.run_id for r in runs if _kill_if_running(client, r.info.run_id, reason)]
+    return client.search_runs([found.experiment_id], where, max_results=1000)

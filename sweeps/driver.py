@@ -23,7 +23,7 @@ import torch
 from otbench.benchmark.data import select_task
 from otbench.benchmark.data_warnings import small_data_warnings
 from otbench.benchmark.runner import run_tags
-from otbench.benchmark.teachers import get_teacher
+from otbench.benchmark.teachers import close_orphaned_teacher_runs, get_teacher
 from otbench.benchmark.tracking import RunLogger, client_for, ensure_run, tracking_uri_for
 
 from . import final
@@ -56,6 +56,7 @@ def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]
                                         tags=run_tags(spec.plan, "study"),
                                         key={"stage": "study", "study": spec.name},
                                         artifact_root=Path(suite.results_dir) / "artifacts")
+    close_orphaned_teacher_runs(uri, suite.experiment)
     prepare_teachers(suite, uri, progress=progress)
     return parents
 
