@@ -108,9 +108,7 @@ def check_results_dir(path: str | Path) -> None:
 
 def plan_run(cfg: RunConfig) -> RunPlan:
     """Check every name and pairing in ``cfg``; raises :class:`ConfigError` naming the field."""
-    task = replace(TaskSpec.parse(cfg.task, split_seed=cfg.split_seed),
-                   val_fraction=cfg.val_fraction)
-    teacher_task = _teacher_task(cfg, task)
+    task = _task(cfg)
     teacher_spec = get_model_spec(cfg.teacher.model)
     student_spec = _student_spec(cfg, teacher_spec)
     method = get_method(cfg.method)
@@ -120,8 +118,20 @@ def plan_run(cfg: RunConfig) -> RunPlan:
                      same_labels=scenario["same_labels"])
     if cfg.layer_weights is not None and cfg.layers is None:
         raise ConfigError("layer_weights needs layers: list the (teacher, student) pairs too")
-    return RunPlan(cfg, task, TeacherRequest(cfg.teacher, teacher_task, cfg.image_size),
-                   teacher_spec, student_spec, method, params, resolve_device(cfg.device))
+    return RunPlan(cfg, task, teacher_request(cfg), teacher_spec, student_spec, method, params,
+                   resolve_device(cfg.device))
+
+
+def _task(cfg: RunConfig) -> TaskSpec:
+    return replace(TaskSpec.parse(cfg.task, split_seed=cfg.split_seed),
+                   val_fraction=cfg.val_fraction)
+
+
+def teacher_request(cfg: RunConfig) -> TeacherRequest:
+    """What ``cfg``'s teacher is, checked without the method (``otbench teacher`` needs no
+    plugin for a config whose method comes from one)."""
+    get_model_spec(cfg.teacher.model)
+    return TeacherRequest(cfg.teacher, _teacher_task(cfg, _task(cfg)), cfg.image_size)
 
 
 

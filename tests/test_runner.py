@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
 from otbench.benchmark import cli, tracking
@@ -215,3 +216,26 @@ def test_unwritable_results_folder_is_a_clear_error(unwritable, capsys, command)
     assert code == 2
     assert f"results_dir {str(unwritable)!r}: cannot write there" in err
     assert "--results-dir" in err
+
+
+def test_teacher_command_needs_no_plugin_for_the_run_method(tmp_path, capsys) -> None:
+    code = cli.main(["teacher", str(CONFIGS / "cross.yaml"), "--quiet", "--set",
+                     "method=cosine", "--results-dir", str(tmp_path),
+                     *[arg for pair in FAST for arg in ("--set", pair)]])
+    assert code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("teacher cnn-l on digits:0-4: ")
+
+
+def test_print_config_of_a_transfer_shows_the_student_it_trains(capsys) -> None:
+    assert cli.main(["run", str(CONFIGS / "transfer.yaml"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["student"] == "cnn-l"  # the teacher's
+
+
+def test_the_example_plugin_suite_exists_and_plans() -> None:
+    root = CONFIGS.parent
+    done = subprocess.run([sys.executable, "-m", "otbench.benchmark.cli", "sweep",
+                           "examples/compare.yaml", "--plugin", "examples/my_method.py",
+                           "--dry-run"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "compare/cross/digits:5-9@10/cosine" in done.stdout
+    assert "examples/compare.yaml" in (root / "examples" / "my_method.py").read_text()
