@@ -84,21 +84,25 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_two_machines_share_studies_through_postgres(tmp_path, postgres_url) -> None:
-    suite = write_suite(tmp_path, budget={"trials": 4},
-                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot", "fitnets"]}])
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a team's shared MLflow store
-    commands = [sweep_command(suite, tmp_path / f"machine{i}", "--storage", postgres_url,
+def two_machines(tmp_path: Path, suite: Path, storage: str, tracking: str) -> list:
+    """Start the same sweep as two "machines" at once; both must exit 0. Returns the runs."""
+    commands = [sweep_command(suite, tmp_path / f"machine{i}", "--storage", storage,
                               "--tracking-uri", tracking) for i in (1, 2)]
     machines = [subprocess.Popen(c, env=subprocess_env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for c in commands]
     for machine in machines:
         _, err = machine.communicate(timeout=600)
         assert machine.returncode == 0, err
-
-    client = MlflowClient(tracking)
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+    client = MlflowClient(with_installed_driver(tracking))
+    return client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                               max_results=5000)
+
+
+def test_two_machines_share_studies_through_postgres(tmp_path, postgres_url) -> None:
+    suite = write_suite(tmp_path, budget={"trials": 4},
+                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot", "fitnets"]}])
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a team's shared MLflow store
+    runs = two_machines(tmp_path, suite, postgres_url, tracking)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     for study in (OT, FITNETS):
         trials = optuna.load_study(study_name=study,
@@ -137,17 +141,7 @@ def test_two_machines_start_together_on_empty_databases(tmp_path, postgres_url) 
     tracking = empty_database(postgres_url, "mlflow_fresh")
     suite = write_suite(tmp_path, budget={"trials": 2}, final={"seeds": 1},
                         scenarios=[{**TINY["scenarios"][0], "methods": ["ot"]}])
-    commands = [sweep_command(suite, tmp_path / f"machine{i}", "--storage", storage,
-                              "--tracking-uri", tracking) for i in (1, 2)]
-    machines = [subprocess.Popen(c, env=subprocess_env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for c in commands]
-    for machine in machines:
-        _, err = machine.communicate(timeout=600)
-        assert machine.returncode == 0, err
-
-    client = MlflowClient(with_installed_driver(tracking))
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
-                              max_results=5000)
+    runs = two_machines(tmp_path, suite, storage, tracking)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     trials = optuna.load_study(study_name=OT, storage=with_installed_driver(storage)).trials
     done = [t for t in trials if t.state in FINISHED]
