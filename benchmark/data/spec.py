@@ -91,8 +91,9 @@ class TaskSpec:
     """What to train and evaluate on; ``str(spec)`` is its compact spelling.
 
     ``per_class`` counts *training* examples per class; the validation split is carved on
-    top of them so that it is ``val_fraction`` of the task's labelled data (see
-    :func:`otbench.benchmark.data.load_task`). ``split_seed`` moves train/val, never test.
+    top of them so that it is ``val_fraction`` of the task's labelled data, unless the
+    dataset has its own validation split (an image folder's ``val/``; see
+    :mod:`otbench.benchmark.data.tasks`). ``split_seed`` moves train/val, never test.
     """
 
     dataset: str
