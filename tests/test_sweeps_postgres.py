@@ -157,7 +157,7 @@ def test_two_machines_start_together_on_empty_databases(tmp_path, postgres_url) 
 
 def test_tracking_uri_takes_the_installed_driver(postgres_url) -> None:
     """``postgresql://`` as the README writes it works with psycopg2 alone."""
-    uri = tracking_uri_for(postgres_url, "unused")
+    uri = tracking_uri_for(empty_database(postgres_url, "mlflow_driver"), "unused")
     MlflowClient(uri).search_experiments(max_results=1)
 
 
