@@ -1,7 +1,8 @@
 """``otbench analyze``: the training diagnostics between any two trained models.
 
-A model is referenced by an MLflow run id (its ``model.pt`` artifact, architecture and task
-from the run's params) or by a teacher cache file (``results/teachers/*.pt``).
+A student is an MLflow run id (its ``model.pt`` artifact, architecture and task from the
+run's params); a teacher is a teacher cache file (``results/teachers/*.pt``) or the id of a
+run that used it: a teacher run, a student run, or a sweep's study run.
 """
 
 from __future__ import annotations
@@ -56,6 +57,30 @@ def load_reference(reference: str, uri: str) -> LoadedModel:
     return LoadedModel(params["student"], state, params.get("task"), f"run {reference}")
 
 
+def teacher_reference(reference: str, uri: str) -> str:
+    """``--teacher``: a cache file as given; a run id names the cache of that run's teacher
+    (the one it trained, or the one it learned from; a study run: its trials')."""
+    if Path(reference).suffix == ".pt":
+        return reference
+    client = tracking.client_for(uri)
+    try:
+        run = client.get_run(reference)
+        if run.data.tags.get("stage") == "study":
+            children = client.search_runs(
+                [run.info.experiment_id], tracking.tags_where({"mlflow.parentRunId": reference}),
+                max_results=1)
+            run = children[0] if children else run
+    except MlflowException as err:
+        raise ConfigError(f"--teacher {reference!r} is neither a teacher .pt file nor a run "
+                          f"in {uri} ({str(err).splitlines()[0]}); check the id or pass "
+                          "--tracking-uri") from None
+    found = run.data.tags.get("teacher_cache") or run.data.params.get("teacher_source")
+    if not found or Path(found).suffix != ".pt":
+        raise ConfigError(f"--teacher {reference!r}: run has no teacher cache file (its "
+                          f"teacher came from {found!r}); pass the teacher's .pt file")
+    return found
+
+
 def instantiate(model: LoadedModel, in_channels: int, task: str) -> nn.Module:
     """Build the architecture and load the weights, explaining a task that does not fit."""
     spec = get_model_spec(model.name)
@@ -82,11 +107,27 @@ def parse_layers(items: list[str] | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
+@dataclass
+class Analysis:
+    """Diagnostics per layer pair, and what they were computed from."""
+
+    snapshots: dict[str, LayerSnapshot]
+    teacher: str
+    student: str
+    task: str
+    probe_images: int
+
+    def header(self) -> str:
+        return (f"teacher: {self.teacher}\nstudent: {self.student}\nprobe: "
+                f"{self.probe_images} validation images of task {self.task}")
+
+
 def analyze(teacher_ref: str, student_ref: str, *, task: str | None, uri: str,
             layers: list[tuple[str, str]] | None = None, probe_size: int = 256,
-            device: str = "cpu", data_dir: str = "data") -> dict[str, LayerSnapshot]:
+            device: str = "cpu", data_dir: str = "data") -> Analysis:
     """Diagnostics of the student against the teacher on a task's fixed probe batch."""
-    teacher, student = load_reference(teacher_ref, uri), load_reference(student_ref, uri)
+    teacher = load_reference(teacher_reference(teacher_ref, uri), uri)
+    student = load_reference(student_ref, uri)
     task_text = task or student.task
     if task_text is None:
         raise ConfigError("no task known for the probe batch; pass --task (e.g. digits:5-9)")
@@ -99,7 +140,14 @@ def analyze(teacher_ref: str, student_ref: str, *, task: str | None, uri: str,
     t_shapes = feature_shapes(t_net, [t for t, _ in names], shape)
     s_shapes = feature_shapes(s_net, [s for _, s in names], shape)
     pairs = [LayerPair(t, s, t_shapes[t], s_shapes[s]) for t, s in names]
-    return compare(t_net, s_net, pairs, probe_batch(data.val, data, probe_size))
+    probe = probe_batch(data.val, data, probe_size)
+    return Analysis(compare(t_net, s_net, pairs, probe), teacher.source, student.source,
+                    task_text, len(probe))
+
+
+def _unsigned(value: float, digits: int) -> float:
+    """``value``, but 0.0 where it would print as ``-0.0000`` (an entropy rounding below 0)."""
+    return 0.0 if round(value, digits) == 0 else value
 
 
 def format_table(snapshots: dict[str, LayerSnapshot]) -> str:
@@ -107,15 +155,17 @@ def format_table(snapshots: dict[str, LayerSnapshot]) -> str:
     for layer, snap in snapshots.items():
         identity = "-" if snap.identity is None else f"{snap.identity:.6g}"
         rows.append(f"{layer:<16}{snap.ot:>12.6g}{snap.cka:>10.4f}{identity:>12}"
-                    f"{snap.entropy:>10.4f}")
+                    f"{_unsigned(snap.entropy, 4):>10.4f}")
     return "\n".join(rows)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     uri = tracking.tracking_uri_for(args.tracking_uri, args.results_dir)
-    snapshots = analyze(args.teacher, args.student, task=args.task, uri=uri,
-                        layers=parse_layers(args.layers), probe_size=args.probe_size,
-                        device=args.device, data_dir=args.data_dir)
+    result = analyze(args.teacher, args.student, task=args.task, uri=uri,
+                     layers=parse_layers(args.layers), probe_size=args.probe_size,
+                     device=args.device, data_dir=args.data_dir)
+    snapshots = result.snapshots
+    print(result.header())
     print(format_table(snapshots))
     if args.log_to:
         metrics: dict[str, Any] = {}
@@ -130,7 +180,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def add_command(sub: argparse._SubParsersAction) -> None:
     help_text = "OT distance, CKA and matching between two trained models"
     parser = sub.add_parser("analyze", help=help_text, description=help_text)
-    parser.add_argument("--teacher", required=True, help="teacher .pt cache file or run id")
+    parser.add_argument("--teacher", required=True, help="teacher .pt cache file, or the id "
+                        "of a run that used it (teacher, student or sweep study run)")
     parser.add_argument("--student", required=True, help="run id (or a teacher .pt file)")
     parser.add_argument("--task", help="task of the probe batch (default: the student's)")
     parser.add_argument("--layers", nargs="+", metavar="T:S", help="layer pairs "

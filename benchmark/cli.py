@@ -8,6 +8,7 @@ the ``otbench`` script again to import it) starts without loading torch or MLflo
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -45,9 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _resolved_config(args)
     if args.test:
         cfg.evaluate_test = True
-    plan_run(cfg)  # validate names and pairings even when only printing
+    plan = plan_run(cfg)  # validate names and pairings even when only printing
     if args.print_config:
-        print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
+        resolved = cfg.model_dump()
+        resolved["student"] = plan.student_spec.name  # in transfer, the teacher's architecture
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return 0
     result = execute_run(cfg, progress=not args.quiet)
     test = "" if result.test_acc is None else f"  test acc {result.test_acc:.4f}"
@@ -57,17 +60,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from .runner import plan_run
+    from .runner import check_results_dir, resolve_device, teacher_request
     from .teachers import get_teacher
     from .tracking import tracking_uri_for
 
     cfg = _resolved_config(args)
-    plan = plan_run(cfg)
-    teacher = get_teacher(plan.teacher_request, device=plan.device, data_dir=cfg.data_dir,
+    request = teacher_request(cfg)
+    device = resolve_device(cfg.device)
+    check_results_dir(cfg.results_dir)
+    teacher = get_teacher(request, device=device, data_dir=cfg.data_dir,
                           download=cfg.download, results_dir=cfg.results_dir,
                           tracking_uri=tracking_uri_for(cfg.tracking_uri, cfg.results_dir),
                           experiment=cfg.experiment, progress=not args.quiet)
-    print(f"teacher {cfg.teacher.model} on {plan.teacher_request.task}: {teacher.source}")
+    print(f"teacher {cfg.teacher.model} on {request.task}: {teacher.source}")
     return 0
 
 
@@ -128,8 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_notes() -> None:
+    """otbench's own INFO messages (e.g. the image size a task was given) on stderr."""
+    logger = logging.getLogger("otbench")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("otbench: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_notes()
     try:
         load_plugins(args.plugins)
         return args.handler(args)

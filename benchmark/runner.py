@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from otbench.methods.base import check_applicable, default_pairs, resolve_hparam
 from . import tracking
 from .config import SCENARIOS, RunConfig, flatten
 from .data import Split, TaskData, TaskSpec, load_task
+from .data_warnings import small_data_warnings
 from .diagnostics import DiagnosticsRecorder, is_recorded, probe_batch
 from .models import (
     ModelSpec,
@@ -89,11 +91,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_results_dir(path: str | Path) -> None:
+    """A results folder that cannot be written is a clear error before anything runs (not a
+    raw OSError from the first cache file or MLflow store put in it)."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(f"results_dir {str(folder)!r}: cannot write there "
+                          f"({err.strerror or err}); pass --results-dir with a writable "
+                          "folder") from None
+
+
 def plan_run(cfg: RunConfig) -> RunPlan:
     """Check every name and pairing in ``cfg``; raises :class:`ConfigError` naming the field."""
-    task = replace(TaskSpec.parse(cfg.task, split_seed=cfg.split_seed),
-                   val_fraction=cfg.val_fraction)
-    teacher_task = _teacher_task(cfg, task)
+    task = _task(cfg)
     teacher_spec = get_model_spec(cfg.teacher.model)
     student_spec = _student_spec(cfg, teacher_spec)
     method = get_method(cfg.method)
@@ -103,8 +117,20 @@ def plan_run(cfg: RunConfig) -> RunPlan:
                      same_labels=scenario["same_labels"])
     if cfg.layer_weights is not None and cfg.layers is None:
         raise ConfigError("layer_weights needs layers: list the (teacher, student) pairs too")
-    return RunPlan(cfg, task, TeacherRequest(cfg.teacher, teacher_task, cfg.image_size),
-                   teacher_spec, student_spec, method, params, resolve_device(cfg.device))
+    return RunPlan(cfg, task, teacher_request(cfg), teacher_spec, student_spec, method, params,
+                   resolve_device(cfg.device))
+
+
+def _task(cfg: RunConfig) -> TaskSpec:
+    return replace(TaskSpec.parse(cfg.task, split_seed=cfg.split_seed),
+                   val_fraction=cfg.val_fraction)
+
+
+def teacher_request(cfg: RunConfig) -> TeacherRequest:
+    """What ``cfg``'s teacher is, checked without the method (``otbench teacher`` needs no
+    plugin for a config whose method comes from one)."""
+    get_model_spec(cfg.teacher.model)
+    return TeacherRequest(cfg.teacher, _teacher_task(cfg, _task(cfg)), cfg.image_size)
 
 
 
@@ -119,7 +145,9 @@ def _teacher_task(cfg: RunConfig, task: TaskSpec) -> TaskSpec | None:
         raise ConfigError(f"teacher.task is required for scenario {cfg.scenario!r}: the "
                           "source task the teacher is trained on (e.g. teacher.task=digits:0-4)")
     spec = replace(TaskSpec.parse(cfg.teacher.task), val_fraction=cfg.val_fraction)
-    same_labels = spec.dataset == task.dataset and spec.classes == task.classes
+    # An image folder is its root: two trees' ``:0-4`` are different classes.
+    same_labels = (spec.dataset, spec.root, spec.classes) == (task.dataset, task.root,
+                                                              task.classes)
     if cfg.scenario == "distill" and not same_labels:
         raise ConfigError(f"scenario 'distill' trains the teacher on the student's task, but "
                           f"teacher.task={cfg.teacher.task!r} has other classes than "
@@ -226,9 +254,13 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
     run whose worker died can be closed later); ``on_epoch`` may raise to stop the run.
     """
     plan = plan_run(cfg)
+    check_results_dir(cfg.results_dir)
     uri = tracking.tracking_uri_for(cfg.tracking_uri, cfg.results_dir)
     task = load_task(plan.task, data_dir=cfg.data_dir, download=cfg.download,
                      device=plan.device, image_size=cfg.image_size)
+    notes = small_data_warnings(cfg.task, len(task.train), len(task.val), cfg.train.batch_size)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     teacher = get_teacher(plan.teacher_request, device=plan.device, data_dir=cfg.data_dir,
                           download=cfg.download, results_dir=cfg.results_dir, tracking_uri=uri,
                           experiment=cfg.experiment, progress=progress)
@@ -259,12 +291,13 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
         task = refit_data(task)
     hooks = RunHooks(on_epoch, on_start)
     return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, hooks,
-                         progress, recorder)
+                         progress, recorder, notes)
 
 
 def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
                   stage: str, parent_run_id: str | None, hooks: RunHooks,
-                  progress: bool, recorder: DiagnosticsRecorder | None) -> RunResult:
+                  progress: bool, recorder: DiagnosticsRecorder | None,
+                  notes: list[str]) -> RunResult:
     cfg = plan.config
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
@@ -277,7 +310,10 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
             hooks.on_start(run.run_id)
         run.log_params(flatten(resolved))
         run.log_params({"layer_pairs": [[p.teacher, p.student] for p in runner.method.pairs],
-                        "teacher_source": teacher.source, "train_examples": len(task.train)})
+                        "teacher_source": teacher.source, "train_examples": len(task.train),
+                        "image_size_used": task.image_size})
+        if notes:
+            run.set_tags({"warnings": "\n".join(notes)})
         run.log_dict(resolved, "config.yaml")
         if recorder is not None:
             run.log_metrics(recorder.record(0), step=0)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch import nn
 
 from otbench.errors import ConfigError, OtbenchError
@@ -124,6 +124,28 @@ def get_teacher(request: TeacherRequest, *, device: torch.device, data_dir: str,
     model.load_state_dict(payload["state_dict"])
     return Teacher(_frozen(model.to(device)), payload["num_classes"], payload["in_channels"],
                    str(path))
+
+
+def close_orphaned_teacher_runs(tracking_uri: str, experiment: str) -> list[str]:
+    """Close the RUNNING teacher runs of ``experiment`` whose process is gone, by the rule
+    training follows: only the holder of a cache's lock trains that teacher, so a run whose
+    cache lock is free lost its process. Found otherwise only by the next process to train
+    the same teacher, a teacher never trained again would stay RUNNING forever. Runs whose
+    cache folder is not on this machine are left to the machine that has it."""
+    closed = []
+    for run in tracking.running_runs(tracking_uri, experiment, {"stage": "teacher"}):
+        cache = run.data.tags.get("teacher_cache")
+        if not cache or not Path(cache).parent.is_dir():
+            continue
+        try:
+            with FileLock(cache + ".lock", timeout=0):
+                if tracking.end_orphaned_run(tracking_uri, run.info.run_id,
+                                             "its process died while training this teacher; "
+                                             "found at the start of a sweep"):
+                    closed.append(run.info.run_id)
+        except Timeout:  # a live process is training it
+            continue
+    return closed
 
 
 def _from_weights(request: TeacherRequest, device: torch.device) -> Teacher:

@@ -6,6 +6,7 @@ runs and worker processes never step on each other, and every run is closed with
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
@@ -23,8 +24,11 @@ from filelock import FileLock
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 import otbench
 from otbench.errors import ConfigError
@@ -42,6 +46,10 @@ MAX_BATCH_METRICS = 1000
 METRIC_FLUSH_SECONDS = 10.0
 
 
+#: Key of the PostgreSQL advisory lock under which a process creates MLflow's tables.
+SCHEMA_LOCK_KEY = 0x6F7462656E6368  # "otbench"
+
+
 def default_tracking_uri(results_dir: str | Path) -> str:
     """A SQLite store under the results folder: no server needed on a laptop."""
     path = Path(results_dir).resolve() / "mlflow.db"
@@ -49,7 +57,27 @@ def default_tracking_uri(results_dir: str | Path) -> str:
 
 
 def tracking_uri_for(tracking_uri: str | None, results_dir: str | Path) -> str:
-    return tracking_uri or default_tracking_uri(results_dir)
+    """The store to use: the given URI (with the installed PostgreSQL driver), else SQLite."""
+    if not tracking_uri:
+        return default_tracking_uri(results_dir)
+    return with_installed_driver(tracking_uri)
+
+
+def with_installed_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3; use psycopg2 (the test extra)
+    when it is the one installed, so the plain URL works either way."""
+    if (url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None
+            and importlib.util.find_spec("psycopg2") is not None):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password masked, for messages and ``--dry-run``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
@@ -62,7 +90,32 @@ def client_for(tracking_uri: str) -> MlflowClient:
             client = MlflowClient(tracking_uri)
             client.search_experiments(max_results=1)  # runs the migrations under the lock
         return client
+    _open_store(tracking_uri)
     return MlflowClient(tracking_uri)
+
+
+@cache
+def _open_store(tracking_uri: str) -> None:
+    """Check once per process that the store opens, as a clear error naming the flag. On
+    PostgreSQL, MLflow's table creation runs under an advisory lock: machines starting
+    together on an empty database otherwise race to create the same tables and all but one
+    fail (MLflow itself does not serialize it)."""
+    try:
+        if tracking_uri.split(":", 1)[0].split("+", 1)[0] == "postgresql":
+            engine = create_engine(tracking_uri)
+            try:
+                with engine.connect() as conn:  # session lock: released when it closes
+                    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                    MlflowClient(tracking_uri).search_experiments(max_results=1)
+            finally:
+                engine.dispose()
+        else:
+            MlflowClient(tracking_uri)
+    except Exception as err:  # a bad URL, a missing driver, an unreachable server
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise ConfigError(f"--tracking-uri {display_url(tracking_uri)!r}: cannot open the "
+                          f"MLflow store ({type(err).__name__}: {reason}); give a reachable "
+                          f"store such as postgresql://USER@HOST/DB or sqlite:///PATH") from None
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
@@ -271,9 +324,15 @@ def end_orphaned_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str
     :func:`end_orphaned_run`); for callers that know no live process owns such a run (e.g. it
     holds the lock those runs were made under). Returns the ids closed."""
     client = client_for(tracking_uri)
+    return [run.info.run_id for run in running_runs(tracking_uri, experiment, tags)
+            if _kill_if_running(client, run.info.run_id, reason)]
+
+
+def running_runs(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> list[Run]:
+    """The RUNNING runs of ``experiment`` carrying ``tags`` (at most 1000)."""
+    client = client_for(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
     where = f"attributes.status = 'RUNNING' and {tags_where(tags)}"
-    runs = client.search_runs([found.experiment_id], where, max_results=1000)
-    return [r.info.run_id for r in runs if _kill_if_running(client, r.info.run_id, reason)]
+    return client.search_runs([found.experiment_id], where, max_results=1000)

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from otbench.errors import ConfigError
 
 from . import representation, settings, studies
+from .atomic import replaced_whole
 from .collect import (
     DIAGNOSTICS_ARTIFACT,
     HPARAM_PREFIX,
@@ -66,13 +67,22 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
 
     ``storage`` is the Optuna storage URL for history and importance plots; by default the
     ``optuna.db`` beside a SQLite tracking store, when there is one. ``formats`` picks the
-    table files (``report.html`` is always written); figures of an earlier report in
-    ``out_dir/figures`` are replaced, so none is left stale.
+    table files (``report.html`` is always written). The report is written beside
+    ``out_dir`` and then replaces it whole (see :mod:`.atomic`), so a report that fails or is
+    killed half-way leaves the previous one as it was.
 
     Raises :class:`NoFinalRunsError` when the experiment has no finished final run, and
     :class:`UnknownExperimentError` (listing the existing ones) for a wrong name.
     """
     out = Path(out_dir)
+    with replaced_whole(out) as staging:
+        page = _write_report(tracking_uri, experiment, staging, storage, formats, options)
+    return out / page.relative_to(staging)
+
+
+def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | None,
+                  formats: Iterable[str] | str,
+                  options: ReportOptions | Mapping[str, Any] | None) -> Path:
     opts = options if isinstance(options, ReportOptions) else ReportOptions.from_mapping(options)
     wanted = check_formats(formats)
     client = open_client(tracking_uri)
@@ -91,7 +101,6 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     write_tables(table, runs, out, wanted)
     figures_dir = out / "figures"
-    _clear_figures(figures_dir)
     storage = storage or studies.default_storage(tracking_uri)
     figures, notes = result_figures(runs, histories, table, figures_dir)
     diag_figures, diag_notes, diag_texts = representation_section(
@@ -155,13 +164,6 @@ def stem(column: Column) -> str:
     """A column's file stem; the entry is named only when it is not just the scenario."""
     parts = [column.scenario] + ([column.entry] if column.entry != column.scenario else [])
     return "_".join(slug(p) for p in [*parts, column.task])
-
-
-def _clear_figures(folder: Path) -> None:
-    """Drop the figures of an earlier report in this folder, so none is left stale."""
-    for path in [*folder.glob("*.png"), *folder.glob("*.pdf")]:
-        path.unlink()
-
 
 
 def _entry(section: str, caption: str, fig: Figure, folder: Path, name: str) -> FigureEntry:

@@ -100,7 +100,7 @@ def print_plan(suite: Suite, storage_url: str) -> None:
           f"final stage: best params × {suite.final.seeds} seeds, scored on test")
     print(f"final runs: {final_protocol(suite)}")
     print(f"storage: {display_url(storage_url)}")
-    print(f"tracking: {tracking_uri_for(suite.tracking_uri, suite.results_dir)}")
+    print(f"tracking: {display_url(tracking_uri_for(suite.tracking_uri, suite.results_dir))}")
     width = max(len(spec.name) for spec in suite.studies)
     for spec in suite.studies:
         trials = f"{spec.trials} trial{'s' if spec.trials > 1 else ''}"

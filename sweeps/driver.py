@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,8 +21,10 @@ from pathlib import Path
 import optuna
 import torch
 
+from otbench.benchmark.data import select_task
+from otbench.benchmark.data_warnings import small_data_warnings
 from otbench.benchmark.runner import run_tags
-from otbench.benchmark.teachers import get_teacher
+from otbench.benchmark.teachers import close_orphaned_teacher_runs, get_teacher
 from otbench.benchmark.tracking import RunLogger, client_for, ensure_run, tracking_uri_for
 
 from . import final
@@ -44,6 +47,7 @@ def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]
     """Create the shared state; returns each study's MLflow parent run id."""
     if suite.threads is not None:
         torch.set_num_threads(suite.threads)  # teachers train here
+    warn_small_data(suite)
     uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
     storage = make_storage(storage_url, suite.heartbeat, uri)
     parents = {}
@@ -56,6 +60,7 @@ def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]
                                         tags=run_tags(spec.plan, "study"),
                                         key={"stage": "study", "study": spec.name},
                                         artifact_root=Path(suite.results_dir) / "artifacts")
+    close_orphaned_teacher_runs(uri, suite.experiment)
     prepare_teachers(suite, uri, progress=progress)
     return parents
 
@@ -70,6 +75,21 @@ def queue_defaults(study: optuna.Study, space: Space) -> None:
               or hp.kind == "bool"}
     if inside:
         study.enqueue_trial(inside)
+
+
+def warn_small_data(suite: Suite) -> None:
+    """Each study's task too small for its batch size or its search, said before the sweep
+    starts (each run also records it)."""
+    seen = set()
+    for spec in suite.studies:
+        cfg = spec.plan.config
+        if (spec.plan.task, cfg.train.batch_size) in seen:
+            continue
+        seen.add((spec.plan.task, cfg.train.batch_size))
+        chosen = select_task(spec.plan.task, data_dir=cfg.data_dir, download=cfg.download)
+        for note in small_data_warnings(cfg.task, chosen.size("train"), chosen.size("val"),
+                                        cfg.train.batch_size):
+            warnings.warn(note, stacklevel=2)
 
 
 def prepare_teachers(suite: Suite, tracking_uri: str, *, progress: bool) -> None:

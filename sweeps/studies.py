@@ -8,7 +8,6 @@ same parameters again.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import time
 import warnings
@@ -25,10 +24,10 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from otbench.benchmark import tracking
+from otbench.benchmark.tracking import display_url, with_installed_driver
 from otbench.errors import ConfigError
 
 from .schema import HeartbeatSettings, PrunerSettings
@@ -66,23 +65,6 @@ def quiet_optuna() -> None:
 
 def default_storage_url(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
-
-
-def with_installed_driver(url: str) -> str:
-    """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3; use psycopg2 (the test extra)
-    when it is the one installed, so the plain URL works either way."""
-    if (url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None
-            and importlib.util.find_spec("psycopg2") is not None):
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
-def display_url(url: str) -> str:
-    """``url`` with any password masked, for messages and ``--dry-run``."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def make_storage(url: str, heartbeat: HeartbeatSettings, tracking_uri: str) -> RDBStorage:

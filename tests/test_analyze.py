@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from otbench.benchmark import cli
+from otbench.benchmark.analyze import format_table
 from otbench.benchmark.config import resolve_run_config
 from otbench.benchmark.data import TaskSpec, load_task
-from otbench.benchmark.diagnostics import probe_batch
+from otbench.benchmark.diagnostics import LayerSnapshot, probe_batch
 from otbench.benchmark.models import FeatureTaps, build_model
 from otbench.benchmark.runner import execute_run
 from otbench.benchmark.tracking import default_tracking_uri
@@ -90,3 +91,26 @@ def test_an_unknown_reference_says_what_to_pass(trained, capsys) -> None:
                      "--results-dir", str(results)])
     assert code == 2
     assert "neither a teacher .pt file nor a run" in capsys.readouterr().err
+
+
+def test_teacher_by_run_id_and_a_header_naming_the_inputs(trained, capsys) -> None:
+    """A run's teacher by the run's id (no cache file hash to type), the same table as with
+    the file, under a header naming both models, the task and the probe."""
+    results, teacher_file, run_id = trained
+    assert cli.main(["analyze", "--teacher", teacher_file, "--student", run_id,
+                     "--results-dir", str(results)]) == 0
+    by_file = capsys.readouterr().out
+    assert cli.main(["analyze", "--teacher", run_id, "--student", run_id,
+                     "--results-dir", str(results)]) == 0
+    by_run = capsys.readouterr().out
+    assert by_run == by_file
+    assert by_run.splitlines()[:3] == [f"teacher: {teacher_file}", f"student: run {run_id}",
+                                       "probe: 15 validation images of task digits:5-9@10"]
+    assert "-0.0000" not in by_run
+
+
+def test_entropy_rounding_below_zero_prints_unsigned() -> None:
+    snapshot = LayerSnapshot(ot=1.0, cka=0.5, identity=None, entropy=-1e-7,
+                             matching=torch.zeros(2), plan=torch.zeros(2, 2))
+    row = format_table({"stage1": snapshot}).splitlines()[1]
+    assert row.split()[-1] == "0.0000"

@@ -33,6 +33,8 @@ from otbench.reports import (
     collect,
     write_report,
 )
+from otbench.reports import report as report_module
+from otbench.reports.atomic import replaced_whole
 from otbench.reports.collect import (
     cast_value,
     find_experiment,
@@ -710,3 +712,44 @@ def _no_pyplot_leak() -> Iterator[None]:
 
     yield
     assert plt.get_fignums() == []
+
+
+def folder_bytes(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_report_failing_midway_leaves_the_previous_one_intact(report: Path, store: Store,
+                                                                 monkeypatch) -> None:
+    folder = report.parent
+    before = folder_bytes(folder)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after the tables and result figures were written
+
+    monkeypatch.setattr(report_module, "study_figures_for", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(store.uri, EXPERIMENT, folder)
+    assert folder_bytes(folder) == before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".report")]
+
+
+def test_report_leftovers_of_a_killed_process_are_cleaned(tmp_path: Path) -> None:
+    folder = tmp_path / "report"
+    staging = tmp_path / ".report.partial-1"
+    staging.mkdir()
+    (staging / "table.md").write_text("half")
+    retired = tmp_path / ".report.previous-1"  # killed between moving out and moving in
+    retired.mkdir()
+    (retired / "report.html").write_text("old")
+    with replaced_whole(folder) as new:
+        assert (folder / "report.html").read_text() == "old"  # restored, until replaced
+        (new / "report.html").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    assert (folder / "report.html").read_text() == "new"
+
+
+def test_a_folder_that_is_not_a_report_is_never_replaced(store: Store, tmp_path) -> None:
+    (tmp_path / "mlflow.db").write_text("not a report")
+    with pytest.raises(ReportError, match=r"holds other things than a report \(mlflow.db\)"):
+        write_report(store.uri, EXPERIMENT, tmp_path)
+    assert (tmp_path / "mlflow.db").read_text() == "not a report"

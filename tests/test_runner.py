@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
 from otbench.benchmark import cli, tracking
@@ -187,3 +189,55 @@ def test_the_command_line_module_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Path:
+    """A results folder nobody can write: read-only by mode, or, for root (whom modes do not
+    stop), a folder inside sysfs, where the kernel refuses new files."""
+    if os.geteuid() == 0:
+        folder = Path("/sys/otbench-results")
+    else:
+        folder = tmp_path / "results"
+        folder.mkdir()
+        folder.chmod(0o555)
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / "probe").touch()
+    except OSError:
+        return folder
+    pytest.fail(f"could not make an unwritable folder ({folder} accepts files)")
+
+
+@pytest.mark.parametrize("command", ["run", "teacher"])
+def test_unwritable_results_folder_is_a_clear_error(unwritable, capsys, command) -> None:
+    code = cli.main([command, str(CONFIGS / "cross.yaml"), "--quiet", "--results-dir",
+                     str(unwritable), "--tracking-uri", f"sqlite:///{unwritable}/mlflow.db",
+                     *[arg for pair in FAST for arg in ("--set", pair)]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"results_dir {str(unwritable)!r}: cannot write there" in err
+    assert "--results-dir" in err
+
+
+def test_teacher_command_needs_no_plugin_for_the_run_method(tmp_path, capsys) -> None:
+    code = cli.main(["teacher", str(CONFIGS / "cross.yaml"), "--quiet", "--set",
+                     "method=cosine", "--results-dir", str(tmp_path),
+                     *[arg for pair in FAST for arg in ("--set", pair)]])
+    assert code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("teacher cnn-l on digits:0-4: ")
+
+
+def test_print_config_of_a_transfer_shows_the_student_it_trains(capsys) -> None:
+    assert cli.main(["run", str(CONFIGS / "transfer.yaml"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["student"] == "cnn-l"  # the teacher's
+
+
+def test_the_example_plugin_suite_exists_and_plans() -> None:
+    root = CONFIGS.parent
+    done = subprocess.run([sys.executable, "-m", "otbench.benchmark.cli", "sweep",
+                           "examples/compare.yaml", "--plugin", "examples/my_method.py",
+                           "--dry-run"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "compare/cross/digits:5-9@10/cosine" in done.stdout
+    assert "examples/compare.yaml" in (root / "examples" / "my_method.py").read_text()

@@ -19,14 +19,16 @@ import optuna
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from otbench.benchmark import cli
 from otbench.benchmark.config import deep_merge
-from otbench.benchmark.tracking import default_tracking_uri
+from otbench.benchmark.tracking import default_tracking_uri, experiment_id
 from otbench.methods import get_method
 from otbench.sweeps import final, search
+from otbench.sweeps.driver import prepare, warn_small_data
 from otbench.sweeps.space import build_space
 from otbench.sweeps.studies import (
     LOOP_SECONDS,
@@ -527,3 +529,41 @@ def test_two_local_workers_share_the_studies_on_sqlite(tmp_path) -> None:
             sorted(t.number for t in complete)
         assert_one_final_run_per_seed(results, study, 2)
     assert_nothing_running(results)
+
+
+def test_a_task_too_small_for_its_search_is_said_before_the_sweep(tmp_path) -> None:
+    suite = load_suite(write_suite(tmp_path, defaults={"train": {"batch_size": 64}}),
+                       {"results_dir": str(tmp_path)})
+    with pytest.warns(UserWarning) as said:
+        warn_small_data(suite)
+    notes = [str(w.message) for w in said]
+    assert notes == [
+        "task digits:5-9@10: 50 training images at batch_size 64 make 1 optimizer step per "
+        "epoch; lower train.batch_size or raise the per-class count",
+        "task digits:5-9@10: 15 validation images score accuracy in steps of 7 points, so "
+        "search trials are likely to tie; raise val_fraction or the per-class count, or add "
+        "a val/ folder"]
+
+
+def test_sweep_start_closes_teacher_runs_whose_process_is_gone(tmp_path) -> None:
+    """A teacher run left RUNNING by a killed process is closed by the next sweep even when
+    that teacher is never trained again; one whose lock a live process holds, or whose
+    cache folder is on another machine, is left alone."""
+    suite = load_suite(write_suite(tmp_path), {"results_dir": str(tmp_path)})
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    experiment = experiment_id(client, "tiny")
+    teachers = tmp_path / "teachers"
+    teachers.mkdir()
+
+    def teacher_run(cache: Path) -> str:
+        return client.create_run(experiment, tags={"stage": "teacher",
+                                                   "teacher_cache": str(cache)}).info.run_id
+
+    dead = teacher_run(teachers / "not_in_this_suite.pt")
+    busy = teacher_run(teachers / "training_now.pt")
+    elsewhere = teacher_run(Path("/nonexistent/machine2/teachers/x.pt"))
+    with FileLock(str(teachers / "training_now.pt") + ".lock"):
+        prepare(suite, default_storage_url(tmp_path), progress=False)
+    status = {run_id: client.get_run(run_id).info.status for run_id in (dead, busy, elsewhere)}
+    assert status == {dead: "KILLED", busy: "RUNNING", elsewhere: "RUNNING"}
+    assert "found at the start of a sweep" in client.get_run(dead).data.tags["stopped_reason"]

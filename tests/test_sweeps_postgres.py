@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from sqlalchemy import create_engine, text
 from test_sweeps import (
     FINISHED,
     OT,
@@ -30,6 +31,8 @@ from test_sweeps import (
     write_suite,
 )
 
+from otbench.benchmark import cli
+from otbench.benchmark.tracking import tracking_uri_for
 from otbench.sweeps.studies import with_installed_driver
 
 FITNETS = "tiny/cross/digits:5-9@10/fitnets"
@@ -81,21 +84,25 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_two_machines_share_studies_through_postgres(tmp_path, postgres_url) -> None:
-    suite = write_suite(tmp_path, budget={"trials": 4},
-                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot", "fitnets"]}])
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a team's shared MLflow store
-    commands = [sweep_command(suite, tmp_path / f"machine{i}", "--storage", postgres_url,
+def two_machines(tmp_path: Path, suite: Path, storage: str, tracking: str) -> list:
+    """Start the same sweep as two "machines" at once; both must exit 0. Returns the runs."""
+    commands = [sweep_command(suite, tmp_path / f"machine{i}", "--storage", storage,
                               "--tracking-uri", tracking) for i in (1, 2)]
     machines = [subprocess.Popen(c, env=subprocess_env(), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for c in commands]
     for machine in machines:
         _, err = machine.communicate(timeout=600)
         assert machine.returncode == 0, err
-
-    client = MlflowClient(tracking)
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+    client = MlflowClient(with_installed_driver(tracking))
+    return client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                               max_results=5000)
+
+
+def test_two_machines_share_studies_through_postgres(tmp_path, postgres_url) -> None:
+    suite = write_suite(tmp_path, budget={"trials": 4},
+                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot", "fitnets"]}])
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a team's shared MLflow store
+    runs = two_machines(tmp_path, suite, postgres_url, tracking)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     for study in (OT, FITNETS):
         trials = optuna.load_study(study_name=study,
@@ -113,3 +120,51 @@ def test_two_machines_share_studies_through_postgres(tmp_path, postgres_url) -> 
             {parents[0].info.run_id}
         finals = [r for r in mine if r.data.tags["stage"] == "final"]
         assert sorted(int(r.data.tags["seed"]) for r in finals) == [0, 1]
+
+
+def empty_database(server_url: str, name: str) -> str:
+    """A new, empty database on the fixture's server; its URL as the README writes it."""
+    engine = create_engine(with_installed_driver(server_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_two_machines_start_together_on_empty_databases(tmp_path, postgres_url) -> None:
+    """The README's "same command on every machine", both starting at once on empty Optuna
+    and MLflow databases: the one that loses the race to create MLflow's tables waits for
+    them instead of dying with a raw UniqueViolation."""
+    storage = empty_database(postgres_url, "optuna_fresh")
+    tracking = empty_database(postgres_url, "mlflow_fresh")
+    suite = write_suite(tmp_path, budget={"trials": 2}, final={"seeds": 1},
+                        scenarios=[{**TINY["scenarios"][0], "methods": ["ot"]}])
+    runs = two_machines(tmp_path, suite, storage, tracking)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    trials = optuna.load_study(study_name=OT, storage=with_installed_driver(storage)).trials
+    done = [t for t in trials if t.state in FINISHED]
+    assert len(done) == 2
+    mine = [r for r in runs if r.data.tags.get("study") == OT]
+    assert len([r for r in mine if r.data.tags["stage"] == "study"]) == 1
+    assert sorted(int(r.data.tags["trial"]) for r in mine if r.data.tags["stage"] == "trial") \
+        == sorted(t.number for t in done)
+    assert [int(r.data.tags["seed"]) for r in mine if r.data.tags["stage"] == "final"] == [0]
+    teachers = [r for r in runs if r.data.tags["stage"] == "teacher"]
+    assert len(teachers) == 2  # one per machine: each has its own results folder and cache
+
+
+def test_tracking_uri_takes_the_installed_driver(postgres_url) -> None:
+    """``postgresql://`` as the README writes it works with psycopg2 alone."""
+    uri = tracking_uri_for(empty_database(postgres_url, "mlflow_driver"), "unused")
+    MlflowClient(uri).search_experiments(max_results=1)
+
+
+def test_unreachable_tracking_uri_is_a_clear_error(tmp_path, capsys) -> None:
+    closed = f"postgresql://otbench:secret@127.0.0.1:{free_port()}/mlflow"
+    code = cli.main(["run", "--results-dir", str(tmp_path), "--tracking-uri", closed,
+                     "--set", "train.epochs=1", "--set", "teacher.train.epochs=1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--tracking-uri" in err and "***" in err and "secret" not in err

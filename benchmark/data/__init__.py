@@ -7,12 +7,13 @@ See :mod:`.spec` for the task grammar (``digits:0-4@10``, ``imagefolder=/data/cu
 from .batches import BatchIterator, crop_flip, make_augmenter, make_normalizer
 from .sources import DATASETS, clear_cache
 from .spec import GRAMMAR, TaskSpec
-from .tasks import Split, TaskData, dataset_names, load_task
+from .tasks import Selection, Split, TaskData, dataset_names, load_task, select_task
 
 __all__ = [
     "DATASETS",
     "GRAMMAR",
     "BatchIterator",
+    "Selection",
     "Split",
     "TaskData",
     "TaskSpec",
@@ -22,4 +23,5 @@ __all__ = [
     "load_task",
     "make_augmenter",
     "make_normalizer",
+    "select_task",
 ]

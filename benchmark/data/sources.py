@@ -26,6 +26,8 @@ from otbench.errors import ConfigError
 
 #: Decoder for one pool: (pool, indices, image_size, device) -> uint8 (N, C, S, S) on device.
 ImageFn = Callable[[str, np.ndarray, int, torch.device], Tensor]
+#: Stored sizes (width, height) of a pool's images at some indices, read without decoding.
+SizesFn = Callable[[str, np.ndarray], set[tuple[int, int]]]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,7 +38,9 @@ class Source:
     """Labels of a dataset's pools plus a decoder for the images a task selects.
 
     ``test_y is None`` means the dataset has no official test split; the task layer then
-    carves a fixed one from the train pool.
+    carves a fixed one from the train pool; ``val_y is None`` likewise for validation. Pools
+    are named ``train``, ``val`` and ``test``. ``native_size is None`` (image folders): the
+    images' sizes vary by dataset and are read from the selected files by ``sizes``.
     """
 
     train_y: np.ndarray
@@ -45,7 +49,9 @@ class Source:
     num_classes: int
     class_names: tuple[str, ...]
     in_channels: int
-    native_size: int
+    native_size: int | None
+    val_y: np.ndarray | None = None
+    sizes: SizesFn | None = None
 
 
 @dataclass(frozen=True)
@@ -197,25 +203,48 @@ def _cifar(cls_name: str, display: str) -> Callable[[Path | None, Path, bool], S
 # --------------------------------------------------------------------------- image folders
 
 
+def _unreadable(path: str, err: Exception) -> ConfigError:
+    return ConfigError(f"image file {path!r} cannot be read ({type(err).__name__}: {err}); "
+                       f"replace it or delete it from the image folder")
+
+
 def _decode(path: str, size: int) -> Tensor:
     """Decode one image: RGB, shorter side resized to ``size``, center-cropped square."""
     from PIL import Image
     from torchvision.transforms import functional as TF
 
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size, much faster
-        img = img.convert("RGB")
-        img = TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        return TF.pil_to_tensor(TF.center_crop(img, [size, size]))
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size, faster
+            img = img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:  # truncated, corrupt, not an image
+        raise _unreadable(path, err) from None
+    img = TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return TF.pil_to_tensor(TF.center_crop(img, [size, size]))
+
+
+def _stored_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding its pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _threaded(fn: Callable[[str], object], paths: list[str]) -> list:
+    """``fn`` over many files in threads (PIL releases the GIL while decoding/resizing)."""
+    workers = min(8, os.cpu_count() or 1, max(len(paths), 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, paths))
 
 
 def _decode_all(paths: list[str], size: int) -> Tensor:
-    """Decode many images in threads (PIL releases the GIL while decoding/resizing)."""
     if not paths:
         return torch.empty((0, 3, size, size), dtype=torch.uint8)
-    workers = min(8, os.cpu_count() or 1, len(paths))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return torch.stack(list(pool.map(lambda p: _decode(p, size), paths)))
+    return torch.stack(_threaded(lambda p: _decode(p, size), paths))
 
 
 def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -227,7 +256,7 @@ def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     except (FileNotFoundError, OSError) as err:
         raise ConfigError(
             f"imagefolder root {str(folder)!r}: {err}. Expected one sub-folder per class "
-            f"holding images (optionally under train/ and test/)."
+            f"holding images (optionally under train/, val/ and test/)."
         ) from err
     return ds.classes, ds.samples
 
@@ -246,31 +275,47 @@ def _resolve_root(root: Path | None, data_dir: Path) -> Path:
                       f"tried against the working directory, then --data-dir).")
 
 
+def _scan_split(base: Path, split: str, classes: list[str]) -> list[tuple[str, int]] | None:
+    """The samples of ``base/split`` labelled by ``classes`` (train/'s), None when absent."""
+    if not (base / split).is_dir():
+        return None
+    split_classes, samples = _scan(base / split)
+    unknown = sorted(set(split_classes) - set(classes))
+    if unknown:
+        raise ConfigError(f"imagefolder root {str(base)!r}: {split}/ has classes missing "
+                          f"from train/: {unknown[:5]}; give both the same class folders")
+    remap = [classes.index(c) for c in split_classes]
+    return [(p, remap[y]) for p, y in samples]
+
+
+def _labels(samples: list[tuple[str, int]] | None) -> np.ndarray | None:
+    return None if samples is None else np.array([y for _, y in samples], dtype=np.int64)
+
+
 def open_imagefolder(root: Path | None, data_dir: Path, download: bool) -> Source:
-    """Any ImageFolder tree; uses ``train/`` + ``test/`` sub-folders when both exist."""
+    """Any ImageFolder tree: one sub-folder per class, or ``train/`` with optional ``val/``
+    and ``test/`` beside it (each one sub-folder per class), used as those splits."""
     base = _resolve_root(root, data_dir)
-    if (base / "train").is_dir() and (base / "test").is_dir():
+    if (base / "train").is_dir():
         classes, train = _scan(base / "train")
-        test_classes, test = _scan(base / "test")
-        unknown = sorted(set(test_classes) - set(classes))
-        if unknown:
-            raise ConfigError(f"imagefolder root {str(base)!r}: test/ has classes missing "
-                              f"from train/: {unknown[:5]}; give both the same class folders")
-        remap = [classes.index(c) for c in test_classes]
-        test = [(p, remap[y]) for p, y in test]
+        val, test = _scan_split(base, "val", classes), _scan_split(base, "test", classes)
     else:
         classes, train = _scan(base)
-        test = None
-    paths = {"train": [p for p, _ in train], "test": [p for p, _ in test or []]}
+        val = test = None
+    paths = {pool: [p for p, _ in samples or []]
+             for pool, samples in (("train", train), ("val", val), ("test", test))}
 
     def images(pool: str, idx: np.ndarray, size: int, device: torch.device) -> Tensor:
         return _decode_all([paths[pool][i] for i in idx], size).to(device)
 
+    def sizes(pool: str, idx: np.ndarray) -> set[tuple[int, int]]:
+        return set(_threaded(_stored_size, [paths[pool][i] for i in idx]))
+
     return Source(
         train_y=np.array([y for _, y in train], dtype=np.int64),
-        test_y=None if test is None else np.array([y for _, y in test], dtype=np.int64),
+        test_y=_labels(test), val_y=_labels(val),
         images=images, num_classes=len(classes), class_names=tuple(classes),
-        in_channels=3, native_size=224,
+        in_channels=3, native_size=None, sizes=sizes,
     )
 
 

@@ -6,14 +6,17 @@ seed. Compact spelling (case-insensitive dataset names)::
     TASK      := DATASET [":" CLASSES] ["@" PER_CLASS]
     DATASET   := digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder=PATH
     CLASSES   := ITEM ("," ITEM)*      ITEM := INDEX | INDEX "-" INDEX   (inclusive range)
+               | NAME ("," NAME)*      (class names, e.g. an image folder's sub-folders)
     PER_CLASS := positive integer (training examples per class, validation excluded)
 
 Examples: ``digits``, ``digits:0-4``, ``digits:5-9@10``, ``cifar100:0-49@50``,
-``mnist:0,2,4``, ``imagefolder=/data/cub_200:0-19@30``. Class indices are the dataset's
-original labels (for an image folder: its sorted sub-folder names); a task relabels them
-0..k-1 in the order given. The PATH of an image folder is everything after ``=`` up to an
-optional trailing ``:CLASSES`` / ``@PER_CLASS``; a folder whose own name ends like that
-must be given through :class:`TaskSpec` directly.
+``mnist:0,2,4``, ``imagefolder=/data/cub_200:0-19@30``, ``imagefolder=/data/pets:cat,dog``.
+Class indices are positions among the dataset's original labels (for an image folder: its
+sorted sub-folder names); a list that is not made only of indices and ranges is read as
+class names. A task relabels its classes 0..k-1 in the order given. The PATH of an image
+folder is everything after ``=`` up to an optional trailing ``:CLASSES`` (no ``/`` in it) /
+``@PER_CLASS``; a folder whose own name ends like that must be given through
+:class:`TaskSpec` directly.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from otbench.errors import ConfigError, unknown_name
 
 from .sources import DATASETS
 
-GRAMMAR = ("DATASET[:CLASSES][@PER_CLASS], e.g. 'digits', 'cifar100:0-49@50', 'mnist:0,2,4' "
-           "or 'imagefolder=/data/cub:0-19@30'")
+GRAMMAR = ("DATASET[:CLASSES][@PER_CLASS], e.g. 'digits', 'cifar100:0-49@50', 'mnist:0,2,4', "
+           "'imagefolder=/data/cub:0-19@30' or 'imagefolder=/data/pets:cat,dog'")
 
 _PLAIN = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?::(?P<classes>[^@]*))?(?:@(?P<per>.*))?$")
-_FOLDER = re.compile(r"^(?P<path>.+?)(?::(?P<classes>[0-9][0-9,\-\s]*))?(?:@(?P<per>\d+))?$")
+_FOLDER = re.compile(r"^(?P<path>.+?)(?::(?P<classes>[^:/\\@]+))?(?:@(?P<per>\d+))?$")
 _ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -37,8 +40,16 @@ def _bad(text: str, why: str) -> ConfigError:
     return ConfigError(f"task {text!r}: {why}. Expected {GRAMMAR}.")
 
 
-def parse_classes(text: str, where: str) -> tuple[int, ...]:
-    """``'0-4,7'`` -> ``(0, 1, 2, 3, 4, 7)``; order kept, ranges inclusive and ascending."""
+def parse_classes(text: str, where: str,
+                  names: bool = False) -> tuple[int, ...] | tuple[str, ...]:
+    """``'0-4,7'`` -> ``(0, 1, 2, 3, 4, 7)``; order kept, ranges inclusive and ascending.
+    With ``names`` (image folders), a list with any item that is not an index or a range is
+    class names: ``'cat,dog'``."""
+    items = [item.strip() for item in text.split(",")]
+    if names and not all(_ITEM.match(item.replace(" ", "")) for item in items):
+        if not all(items):
+            raise _bad(where, f"empty class name in {text!r} (separate names by single commas)")
+        return tuple(items)
     out: list[int] = []
     for item in text.replace(" ", "").split(","):
         m = _ITEM.match(item)
@@ -52,8 +63,10 @@ def parse_classes(text: str, where: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def format_classes(classes: tuple[int, ...]) -> str:
+def format_classes(classes: tuple[int, ...] | tuple[str, ...]) -> str:
     """Inverse of :func:`parse_classes`: ascending runs of 3+ become ``a-b``."""
+    if any(isinstance(c, str) for c in classes):
+        return ",".join(str(c) for c in classes)
     parts, i = [], 0
     while i < len(classes):
         j = i
@@ -78,12 +91,13 @@ class TaskSpec:
     """What to train and evaluate on; ``str(spec)`` is its compact spelling.
 
     ``per_class`` counts *training* examples per class; the validation split is carved on
-    top of them so that it is ``val_fraction`` of the task's labelled data (see
-    :func:`otbench.benchmark.data.load_task`). ``split_seed`` moves train/val, never test.
+    top of them so that it is ``val_fraction`` of the task's labelled data, unless the
+    dataset has its own validation split (an image folder's ``val/``; see
+    :mod:`otbench.benchmark.data.tasks`). ``split_seed`` moves train/val, never test.
     """
 
     dataset: str
-    classes: tuple[int, ...] | None = None
+    classes: tuple[int, ...] | tuple[str, ...] | None = None
     per_class: int | None = None
     split_seed: int = 0
     val_fraction: float = 0.2
@@ -95,7 +109,9 @@ class TaskSpec:
             raise unknown_name("dataset", self.dataset, DATASETS)
         object.__setattr__(self, "dataset", name)
         if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+            names = [c for c in self.classes if isinstance(c, str)]
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes) if names
+                               else tuple(int(c) for c in self.classes))
         self._check()
 
     def _check(self) -> None:
@@ -103,7 +119,7 @@ class TaskSpec:
         if self.classes is not None:
             if not self.classes:
                 raise ConfigError("task classes: empty; use None for all classes")
-            if min(self.classes) < 0:
+            if all(isinstance(c, int) for c in self.classes) and min(self.classes) < 0:
                 raise ConfigError(f"task classes: negative index in {self.classes}")
             dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
             if dup:
@@ -149,7 +165,8 @@ class TaskSpec:
         per = m.group("per")
         return cls(
             dataset=name,
-            classes=None if classes is None else parse_classes(classes, text),
+            classes=None if classes is None else parse_classes(classes, text,
+                                                               names=root is not None),
             per_class=None if per is None else _parse_per_class(per, text),
             split_seed=split_seed,
             root=root,

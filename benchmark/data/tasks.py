@@ -10,13 +10,16 @@ Invariants the benchmark relies on:
   are nested as ``per_class`` grows;
 * validation is ``val_fraction`` of each class's labelled data actually used: with
   ``per_class=P`` a class gets ``P`` train and ``round(P * f / (1 - f))`` (at least 1)
-  validation examples, so low-shot tasks do not validate on far more data than they train on.
+  validation examples, so low-shot tasks do not validate on far more data than they train on;
+* a dataset with its own validation split (an image folder's ``val/``) validates on all of
+  it (restricted to the task's classes) and ``val_fraction`` does not apply.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,11 @@ from .spec import TaskSpec
 #: Share and seed of the fixed test split for datasets without an official one.
 TEST_FRACTION = 0.3
 TEST_SEED = 20_240_601
+#: Image folders whose selected images differ in size are resized to this (ImageNet's
+#: usual crop); folders of one size keep it.
 DEFAULT_FOLDER_SIZE = 224
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,14 +142,22 @@ def carve_train_val(y: np.ndarray, pool: np.ndarray, spec: TaskSpec,
 
 
 def _check_classes(spec: TaskSpec, source: Source) -> tuple[int, ...]:
-    """The task's classes (all by default), each a valid original label."""
+    """The task's classes (all by default) as original labels; names are looked up."""
     if spec.classes is None:
         return tuple(range(source.num_classes))
-    bad = [c for c in spec.classes if c >= source.num_classes]
+    if any(isinstance(c, str) for c in spec.classes):
+        missing = [c for c in spec.classes if c not in source.class_names]
+        if missing:
+            shown = ", ".join(source.class_names[:20])
+            more = "" if source.num_classes <= 20 else f" (and {source.num_classes - 20} more)"
+            raise ConfigError(f"task {str(spec)!r}: no class named {missing[0]!r}; "
+                              f"{spec.dataset} has classes {shown}{more}")
+        return tuple(source.class_names.index(str(c)) for c in spec.classes)
+    bad = [c for c in spec.classes if int(c) >= source.num_classes]
     if bad:
         raise ConfigError(f"task {str(spec)!r}: class index {bad[0]} out of range; "
                           f"{spec.dataset} has classes 0-{source.num_classes - 1}")
-    return spec.classes
+    return tuple(int(c) for c in spec.classes)
 
 
 def _make_split(source: Source, pool: str, y_all: np.ndarray, idx: np.ndarray,
@@ -152,19 +167,46 @@ def _make_split(source: Source, pool: str, y_all: np.ndarray, idx: np.ndarray,
     return Split(x=x, y=y)
 
 
-def load_task(spec: TaskSpec, *, data_dir: str | Path = "data", download: bool = False,
-              device: str | torch.device = "cpu", image_size: int | None = None) -> TaskData:
-    """Load ``spec`` as uint8 tensors on ``device``; images are resized to ``image_size``
-    (default: native size, 224 for image folders) once here, not per batch."""
-    info = DATASETS[spec.dataset]
-    if image_size is not None and image_size < 1:
-        raise ConfigError(f"image_size: must be a positive integer, got {image_size!r}")
-    root = Path(spec.root).expanduser() if spec.root is not None else None
-    source = info.open(root, Path(data_dir).expanduser().resolve(), download)
-    classes = _check_classes(spec, source)
-    lut = np.full(source.num_classes, -1, dtype=np.int64)
-    lut[list(classes)] = np.arange(len(classes))
+def _default_size(source: Source, spec: TaskSpec,
+                  picks: list[tuple[str, np.ndarray]]) -> int:
+    """The dataset's native size; for an image folder, the selected images' own size when
+    they all share one (its shorter side), else DEFAULT_FOLDER_SIZE. Logged: the choice
+    decides a run's cost (28 px digits blown up to 224 px train ~100 times slower)."""
+    if source.native_size is not None:
+        return source.native_size
+    assert source.sizes is not None
+    sizes = set().union(*(source.sizes(pool, idx) for pool, idx in picks))
+    if len(sizes) == 1:
+        width, height = sizes.pop()
+        size = min(width, height)
+        log.info("task %s: image_size %d, the images' own size (%dx%d); set image_size to "
+                 "change it", spec, size, width, height)
+        return size
+    log.info("task %s: image_size %d by default, since its images have %d different sizes; "
+             "set image_size to change it", spec, DEFAULT_FOLDER_SIZE, len(sizes))
+    return DEFAULT_FOLDER_SIZE
 
+
+@dataclass(frozen=True)
+class Selection:
+    """Which images of a source each split of a task takes, before any is decoded:
+    ``splits[name] = (pool, labels of that pool, indices into it)``."""
+
+    spec: TaskSpec
+    source: Source
+    classes: tuple[int, ...]
+    splits: dict[str, tuple[str, np.ndarray, np.ndarray]]
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split][2])
+
+
+def select_task(spec: TaskSpec, *, data_dir: str | Path = "data",
+                download: bool = False) -> Selection:
+    """The task's train/val/test images, from the labels alone (see the module docstring)."""
+    root = Path(spec.root).expanduser() if spec.root is not None else None
+    source = DATASETS[spec.dataset].open(root, Path(data_dir).expanduser().resolve(), download)
+    classes = _check_classes(spec, source)
     if source.test_y is None:
         pool, test = fixed_test_split(source.train_y)
         test_pool, test_y = "train", source.train_y
@@ -172,15 +214,42 @@ def load_task(spec: TaskSpec, *, data_dir: str | Path = "data", download: bool =
         pool, test = np.arange(len(source.train_y)), np.arange(len(source.test_y))
         test_pool, test_y = "test", source.test_y
     test = test[np.isin(test_y[test], classes)]
-    train, val = carve_train_val(source.train_y, pool, spec, classes)
+    if source.val_y is None:
+        train, val = carve_train_val(source.train_y, pool, spec, classes)
+        val_pool, val_y = "train", source.train_y
+    else:
+        train, _ = carve_train_val(source.train_y, pool, replace(spec, val_fraction=0.0),
+                                   classes)
+        val_pool, val_y = "val", source.val_y
+        val = np.flatnonzero(np.isin(val_y, classes))
+        empty = [source.class_names[c] for c in classes if c not in set(val_y[val])]
+        if empty:
+            raise ConfigError(f"task {str(spec)!r}: its val/ folder has no images of class "
+                              f"{empty[0]!r}; add some, or remove val/ to carve validation "
+                              f"from train/ (val_fraction)")
+    return Selection(spec, source, classes, {"train": ("train", source.train_y, train),
+                                             "val": (val_pool, val_y, val),
+                                             "test": (test_pool, test_y, test)})
 
+
+def load_task(spec: TaskSpec, *, data_dir: str | Path = "data", download: bool = False,
+              device: str | torch.device = "cpu", image_size: int | None = None) -> TaskData:
+    """Load ``spec`` as uint8 tensors on ``device``; images are resized to ``image_size``
+    (default: see :func:`_default_size`) once here, not per batch."""
+    info = DATASETS[spec.dataset]
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"image_size: must be a positive integer, got {image_size!r}")
+    chosen = select_task(spec, data_dir=data_dir, download=download)
+    source, classes = chosen.source, chosen.classes
+    lut = np.full(source.num_classes, -1, dtype=np.int64)
+    lut[list(classes)] = np.arange(len(classes))
+    size = image_size or _default_size(source, spec, [(pool, idx) for pool, _, idx
+                                                      in chosen.splits.values()])
     dev = torch.device(device)
-    size = image_size or (DEFAULT_FOLDER_SIZE if info.needs_root else source.native_size)
+    splits = {name: _make_split(source, pool, y_all, idx, lut, size, dev)
+              for name, (pool, y_all, idx) in chosen.splits.items()}
     return TaskData(
-        spec=spec,
-        train=_make_split(source, "train", source.train_y, train, lut, size, dev),
-        val=_make_split(source, "train", source.train_y, val, lut, size, dev),
-        test=_make_split(source, test_pool, test_y, test, lut, size, dev),
+        spec=spec, train=splits["train"], val=splits["val"], test=splits["test"],
         num_classes=len(classes), in_channels=source.in_channels, image_size=size,
         family=info.family, mean=info.mean, std=info.std,
         class_names=tuple(source.class_names[c] for c in classes),
