@@ -133,11 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a message comes, not the stream
+    it was created with (a caller that swaps stderr, as pytest's capture does, may close that
+    one)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def show_notes() -> None:
     """otbench's own INFO messages (e.g. the image size a task was given) on stderr."""
     logger = logging.getLogger("otbench")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("otbench: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
