@@ -85,12 +85,34 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import cmd_analyze as analyze
+
+    return analyze(args)
+
+
+def _add_analyze_command(sub: argparse._SubParsersAction) -> None:
+    help_text = "OT distance, CKA and matching between two trained models"
+    parser = sub.add_parser("analyze", help=help_text, description=help_text)
+    parser.add_argument("--teacher", required=True, help="teacher .pt cache file or run id")
+    parser.add_argument("--student", required=True, help="run id (or a teacher .pt file)")
+    parser.add_argument("--task", help="task of the probe batch (default: the student's)")
+    parser.add_argument("--layers", nargs="+", metavar="T:S", help="layer pairs "
+                        "(default: stages paired by depth)")
+    parser.add_argument("--probe-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--tracking-uri")
+    parser.add_argument("--log-to", metavar="RUN_ID", help="also log the values to this run")
+    parser.set_defaults(handler=cmd_analyze)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every command's arguments; no command's work is imported here."""
+    from otbench.benchmarks.cli import add_command as add_perf_command
     from otbench.reports.cli import add_command as add_report_command
     from otbench.sweeps.cli import add_command as add_sweep_command
-
-    from .analyze import add_command as add_analyze_command
-    from .perf import add_command as add_perf_command
 
     parser = argparse.ArgumentParser(prog="otbench", description="Representation-transfer "
                                      "benchmark centred on optimal transport.")
@@ -111,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
                      "and exit")
     run.add_argument("--test", action="store_true", help="also score on the test split")
-    add_analyze_command(sub)
+    _add_analyze_command(sub)
     add_sweep_command(sub)
     add_perf_command(sub)
     for command in sub.choices.values():

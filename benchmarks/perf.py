@@ -9,17 +9,14 @@ each sample is bracketed by ``torch.cuda.synchronize``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
-import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from otbench.benchmark.config import RunConfig, TrainConfig
+from otbench.benchmark.data import BatchIterator, TaskData, TaskSpec, load_task, make_normalizer
+from otbench.benchmark.diagnostics import DiagnosticsRecorder
+from otbench.benchmark.models import (
+    build_model,
+    default_layer_pairs,
+    feature_shapes,
+    get_model_spec,
+    head_parameter_names,
+    replace_head,
+)
+from otbench.benchmark.runner import resolve_device
+from otbench.benchmark.train import Student, make_optimizer, run_epochs, synchronize, train_step
 from otbench.errors import ConfigError, OtbenchError
 from otbench.methods import (
     LayerPair,
@@ -40,20 +50,6 @@ from otbench.methods import (
     ot_distance,
 )
 from otbench.methods.ot import EMD_MAX_ITER, OTSettings, neuron_costs
-
-from .config import RunConfig, TrainConfig
-from .data import BatchIterator, TaskData, TaskSpec, load_task, make_normalizer
-from .diagnostics import DiagnosticsRecorder
-from .models import (
-    build_model,
-    default_layer_pairs,
-    feature_shapes,
-    get_model_spec,
-    head_parameter_names,
-    replace_head,
-)
-from .runner import resolve_device
-from .train import Student, make_optimizer, run_epochs, synchronize, train_step
 
 #: A variant runs once and returns the seconds per step it measured itself.
 Variant = Callable[[], float]
@@ -488,36 +484,3 @@ def format_report(result: Mapping[str, Any]) -> str:
                      ("pair", "probe", "layers", "step_ms", "diagnostics_ms", "ratio_to_step")),
     ]
     return "\n\n".join(parts)
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``perf`` on the ``otbench`` command's subparsers."""
-    help_text = ("micro-benchmarks: OT per layer, step cost of each method, data path, "
-                 "representation diagnostics")
-    parser = sub.add_parser("perf", help=help_text, description=help_text)
-    parser.set_defaults(handler=cmd_perf)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--json", type=Path, default=Path("results/perf.json"),
-                        help="where to write the results (default results/perf.json)")
-    parser.add_argument("--repeats", type=int, help="timed samples per variant "
-                        "(default 7, 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="small widths, the digits pair "
-                        "only and fewer repeats: a smoke run")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: "
-                        "torch's); 1 keeps timings sane on a machine shared with other jobs")
-    parser.add_argument("--data-dir", default="data", help="dataset folder (digits ships "
-                        "with scikit-learn)")
-
-
-def cmd_perf(args: argparse.Namespace) -> int:
-    opts = PerfOptions.build(args.device, args.repeats, args.quick, args.data_dir)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    result = run_perf(opts)
-    print(format_report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
-    return 0
