@@ -74,6 +74,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from otbench.methods import get_method, method_names
 
+    if args.check or args.names:
+        return check_methods(args.names)
     width = max(map(len, method_names())) + 2
     for name in method_names():
         cls = get_method(name)
@@ -108,6 +110,20 @@ def _add_analyze_command(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=cmd_analyze)
 
 
+def check_methods(names: Sequence[str]) -> int:
+    """``otbench methods --check [NAME...]``: the named methods, else those that plugins
+    registered, else every built-in one; exit status 1 when one fails."""
+    from otbench.methods import get_method, method_names
+
+    from .method_check import check_all
+
+    classes = [get_method(name) for name in names] or [
+        get_method(n) for n in method_names()
+        if not get_method(n).__module__.startswith("otbench.methods.")]
+    classes = classes or [get_method(n) for n in method_names()]
+    return 0 if check_all(classes) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command's arguments; no command's work is imported here."""
     from otbench.benchmarks.cli import add_command as add_perf_command
@@ -129,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("run", "teacher"):
             _add_config_args(command)
     add_report_command(sub)
+    methods = sub.choices["methods"]
+    methods.add_argument("names", nargs="*", metavar="NAME", help="methods to check "
+                         "(with --check)")
+    methods.add_argument("--check", action="store_true", help="run the interface, gradient "
+                         "and determinism checks the built-in methods pass: on the named "
+                         "methods, else on those a --plugin registers, else on all")
     run = sub.choices["run"]
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
                      "and exit")
