@@ -26,16 +26,9 @@ from otbench.errors import ConfigError, OtbenchError
 from otbench.methods import LayerPair, StepOutputs, TransferContext, TransferMethod
 from otbench.methods.base import check_applicable
 
+from . import models
 from .config import SCENARIOS
-from .models import (
-    FeatureTaps,
-    build_model,
-    default_layer_pairs,
-    feature_shapes,
-    get_model_spec,
-    head_parameter_names,
-    replace_head,
-)
+from .models import FeatureTaps
 
 TEACHER, STUDENT = "cnn-l", "cnn-s"
 #: Digits-like inputs: one channel, 8 × 8 pixels, five classes per task, a batch of 8.
@@ -104,23 +97,23 @@ def _setting(scenario: str) -> Setting:
     distance to the teacher has a gradient."""
     flags = SCENARIOS[scenario]
     torch.manual_seed(SEED)
-    teacher_spec = get_model_spec(TEACHER)
-    teacher = build_model(TEACHER, CLASSES, IMAGE[0])
+    teacher_spec = models.get_model_spec(TEACHER)
+    teacher = models.build_model(TEACHER, CLASSES, IMAGE[0])
     if flags["starts_from_teacher"]:
         student_spec = teacher_spec
-        student = replace_head(copy.deepcopy(teacher), student_spec, CLASSES)
+        student = models.replace_head(copy.deepcopy(teacher), student_spec, CLASSES)
     else:
-        student_spec = get_model_spec(STUDENT)
-        student = build_model(STUDENT, CLASSES, IMAGE[0])
-    names = default_layer_pairs(teacher_spec, student_spec)
-    t_shapes = feature_shapes(teacher, [t for t, _ in names], IMAGE)
-    s_shapes = feature_shapes(student, [s for _, s in names], IMAGE)
+        student_spec = models.get_model_spec(STUDENT)
+        student = models.build_model(STUDENT, CLASSES, IMAGE[0])
+    names = models.default_layer_pairs(teacher_spec, student_spec)
+    t_shapes = models.feature_shapes(teacher, [t for t, _ in names], IMAGE)
+    s_shapes = models.feature_shapes(student, [s for _, s in names], IMAGE)
     pairs = [LayerPair(t, s, t_shapes[t], s_shapes[s], 1.0) for t, s in names]
     context = TransferContext(
         teacher=teacher, student=student, pairs=pairs, scenario=scenario,
         same_architecture=flags["starts_from_teacher"], same_labels=flags["same_labels"],
         start_weights={n: p.detach().clone() for n, p in student.named_parameters()},
-        head=head_parameter_names(student, student_spec))
+        head=models.head_parameter_names(student, student_spec))
     if flags["starts_from_teacher"]:
         with torch.no_grad():
             for param in student.parameters():
