@@ -175,21 +175,3 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         tracking.RunLogger(tracking.client_for(uri), args.log_to).log_metrics(metrics)
         print(f"logged to run {args.log_to}")
     return 0
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    help_text = "OT distance, CKA and matching between two trained models"
-    parser = sub.add_parser("analyze", help=help_text, description=help_text)
-    parser.add_argument("--teacher", required=True, help="teacher .pt cache file, or the id "
-                        "of a run that used it (teacher, student or sweep study run)")
-    parser.add_argument("--student", required=True, help="run id (or a teacher .pt file)")
-    parser.add_argument("--task", help="task of the probe batch (default: the student's)")
-    parser.add_argument("--layers", nargs="+", metavar="T:S", help="layer pairs "
-                        "(default: stages paired by depth)")
-    parser.add_argument("--probe-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--tracking-uri")
-    parser.add_argument("--log-to", metavar="RUN_ID", help="also log the values to this run")
-    parser.set_defaults(handler=cmd_analyze)

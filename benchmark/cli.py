@@ -80,6 +80,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from otbench.methods import get_method, method_names
     from otbench.methods.catalog import describe
 
+    if args.check:
+        return check_methods(args.names)
     if args.names:
         for name in args.names:
             print("\n".join(describe(get_method(name))))
@@ -95,12 +97,49 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import cmd_analyze as analyze
+
+    return analyze(args)
+
+
+def _add_analyze_command(sub: argparse._SubParsersAction) -> None:
+    help_text = "OT distance, CKA and matching between two trained models"
+    parser = sub.add_parser("analyze", help=help_text, description=help_text)
+    parser.add_argument("--teacher", required=True, help="teacher .pt cache file, or the id "
+                        "of a run that used it (teacher, student or sweep study run)")
+    parser.add_argument("--student", required=True, help="run id (or a teacher .pt file)")
+    parser.add_argument("--task", help="task of the probe batch (default: the student's)")
+    parser.add_argument("--layers", nargs="+", metavar="T:S", help="layer pairs "
+                        "(default: stages paired by depth)")
+    parser.add_argument("--probe-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--tracking-uri")
+    parser.add_argument("--log-to", metavar="RUN_ID", help="also log the values to this run")
+    parser.set_defaults(handler=cmd_analyze)
+
+
+def check_methods(names: Sequence[str]) -> int:
+    """``otbench methods --check [NAME...]``: the named methods, else those that plugins
+    registered, else every built-in one; exit status 1 when one fails."""
+    from otbench.methods import get_method, method_names
+
+    from .method_check import check_all
+
+    classes = [get_method(name) for name in names] or [
+        get_method(n) for n in method_names()
+        if not get_method(n).__module__.startswith("otbench.methods.")]
+    classes = classes or [get_method(n) for n in method_names()]
+    return 0 if check_all(classes) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every command's arguments; no command's work is imported here."""
+    from otbench.benchmarks.cli import add_command as add_perf_command
     from otbench.reports.cli import add_command as add_report_command
     from otbench.sweeps.cli import add_command as add_sweep_command
-
-    from .analyze import add_command as add_analyze_command
-    from .perf import add_command as add_perf_command
 
     parser = argparse.ArgumentParser(prog="otbench", description="Representation-transfer "
                                      "benchmark centred on optimal transport.")
@@ -117,13 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("run", "teacher"):
             _add_config_args(command)
     add_report_command(sub)
+    methods = sub.choices["methods"]
+    methods.add_argument("names", nargs="*", metavar="NAME", help="describe these methods, "
+                         "with where each default comes from (with --check: check them)")
+    methods.add_argument("--check", action="store_true", help="run the interface, gradient "
+                         "and determinism checks the built-in methods pass: on the named "
+                         "methods, else on those a --plugin registers, else on all")
     run = sub.choices["run"]
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
                      "and exit")
     run.add_argument("--test", action="store_true", help="also score on the test split")
-    sub.choices["methods"].add_argument("names", nargs="*", metavar="NAME", help="describe "
-                                        "these methods, with where each default comes from")
-    add_analyze_command(sub)
+    _add_analyze_command(sub)
     add_sweep_command(sub)
     add_perf_command(sub)
     for command in sub.choices.values():

@@ -191,8 +191,8 @@ class RunLogger:
 
     Metrics are written in batches, at most every ``flush_seconds`` and by :meth:`flush`
     (:func:`mlflow_run` flushes when the run ends, however it ends). Why: every write is a
-    database transaction, about 8 ms with SQLite, as long as a whole epoch of a small model,
-    and many sweep workers share one database. ``flush_seconds=0`` writes at once.
+    database transaction, which can take as long as a whole epoch of a small model, and many
+    sweep workers share one database. ``flush_seconds=0`` writes at once.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 0.0) -> None:

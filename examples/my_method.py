@@ -1,7 +1,10 @@
 """An example plugin: a user's own transfer method, compared against OT without editing otbench.
 
-Run it with ``otbench run configs/cross.yaml --plugin examples/my_method.py --set method=cosine``
-or in a sweep with ``otbench sweep examples/compare.yaml --plugin examples/my_method.py``.
+Check it with ``otbench methods --check --plugin examples/my_method.py`` (the interface,
+gradient and determinism checks the built-in methods pass), run it with
+``otbench run configs/cross.yaml --plugin examples/my_method.py --set method=cosine``, or
+compare it with OT and fine-tuning in a sweep:
+``otbench sweep examples/compare.yaml --plugin examples/my_method.py``.
 """
 
 from __future__ import annotations

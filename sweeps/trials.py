@@ -107,8 +107,8 @@ def release_device_memory() -> None:
     """A full garbage collection after a trial in a process that uses a GPU: the traceback of
     a failed trial (out of memory, say) keeps its frames' CUDA tensors alive in reference
     cycles until one runs, and the next trial would run short. Not on CPU, where Python's own
-    collections suffice: each full one walks every object of torch, MLflow and Optuna (~0.4 s
-    here), and one after every trial was a third of the quick suite's wall time."""
+    collections suffice: each full one walks every object of torch, MLflow and Optuna, a
+    large share of a small trial's time."""
     if torch.cuda.is_initialized():
         gc.collect()
 

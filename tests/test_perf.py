@@ -12,10 +12,10 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from otbench.benchmark import perf
 from otbench.benchmark.cli import main
 from otbench.benchmark.config import RunConfig
 from otbench.benchmark.diagnostics import DiagnosticsRecorder
+from otbench.benchmarks import perf
 from otbench.errors import ConfigError
 from otbench.methods import LayerPair, StepOutputs, TransferContext, get_method, ot_distance
 from otbench.methods import ot as ot_module

@@ -93,3 +93,11 @@ def test_a_plugin_method_sweeps_beside_ot_and_shows_in_the_report(tmp_path: Path
     table = (results / "report" / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("|")]
     assert any("mycos" in row for row in rows) and any(" ot" in row.lower() for row in rows)
+
+
+def test_the_example_comparison_suite_is_valid_with_the_plugin(tmp_path: Path) -> None:
+    plugin = str(ROOT / "examples" / "my_method.py")
+    done = otbench("sweep", str(ROOT / "examples" / "compare.yaml"), "--plugin", plugin,
+                   "--dry-run", "--results-dir", str(tmp_path / "r"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "compare-cosine/cross/digits:5-9@10/cosine" in done.stdout

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,10 +182,11 @@ def test_run_cli_prints_the_result(tmp_path, capsys) -> None:
     assert not math.isnan(run.data.metrics["test/acc"])
 
 
-def test_the_command_line_module_imports_nothing_heavy() -> None:
+def test_the_command_line_and_its_parser_import_nothing_heavy() -> None:
     """Every process a command spawns (sweep workers) imports the ``otbench`` script, and
-    with it this module, before its work."""
-    code = ("import sys, otbench.benchmark.cli; print(sorted(m for m in ('torch', 'mlflow', "
+    ``otbench --help`` builds every command's parser: neither loads a command's work."""
+    code = ("import sys, otbench.benchmark.cli as cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'mlflow', "
             "'optuna', 'matplotlib', 'torchvision', 'ot', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
@@ -233,11 +235,18 @@ def test_print_config_of_a_transfer_shows_the_student_it_trains(capsys) -> None:
     assert yaml.safe_load(capsys.readouterr().out)["student"] == "cnn-l"  # the teacher's
 
 
-def test_the_example_plugin_suite_exists_and_plans() -> None:
-    root = CONFIGS.parent
-    done = subprocess.run([sys.executable, "-m", "otbench.benchmark.cli", "sweep",
-                           "examples/compare.yaml", "--plugin", "examples/my_method.py",
-                           "--dry-run"], cwd=root, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "compare/cross/digits:5-9@10/cosine" in done.stdout
-    assert "examples/compare.yaml" in (root / "examples" / "my_method.py").read_text()
+def test_help_answers_in_under_two_seconds() -> None:
+    """The command's own cost beyond starting Python, at its best of three alternated tries
+    (this machine is shared: a bare interpreter alone may take a second under load)."""
+    def seconds(*args: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], capture_output=True, check=True)
+        return time.perf_counter() - start
+
+    costs = [seconds("-m", "otbench.benchmark.cli", "--help") - seconds("-c", "pass")
+             for _ in range(3)]
+    assert min(costs) < 2.0
+    shown = subprocess.run([sys.executable, "-m", "otbench.benchmark.cli", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert all(command in shown for command in ("run", "sweep", "report", "perf", "methods",
+                                                "analyze"))

@@ -9,17 +9,14 @@ each sample is bracketed by ``torch.cuda.synchronize``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
-import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,31 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from otbench import methods
+from otbench.benchmark import models
+from otbench.benchmark.config import RunConfig, TrainConfig
+from otbench.benchmark.data import BatchIterator, TaskData, TaskSpec, load_task, make_normalizer
+from otbench.benchmark.diagnostics import DiagnosticsRecorder
+from otbench.benchmark.runner import resolve_device
+from otbench.benchmark.train import Student, make_optimizer, run_epochs, synchronize, train_step
 from otbench.errors import ConfigError, OtbenchError
-from otbench.methods import (
-    LayerPair,
-    StepOutputs,
-    TransferContext,
-    TransferMethod,
-    get_method,
-    method_names,
-    ot_distance,
-)
+from otbench.methods import LayerPair, StepOutputs, TransferContext, TransferMethod
 from otbench.methods.ot import EMD_MAX_ITER, OTSettings, neuron_costs
-
-from .config import RunConfig, TrainConfig
-from .data import BatchIterator, TaskData, TaskSpec, load_task, make_normalizer
-from .diagnostics import DiagnosticsRecorder
-from .models import (
-    build_model,
-    default_layer_pairs,
-    feature_shapes,
-    get_model_spec,
-    head_parameter_names,
-    replace_head,
-)
-from .runner import resolve_device
-from .train import Student, make_optimizer, run_epochs, synchronize, train_step
 
 #: A variant runs once and returns the seconds per step it measured itself.
 Variant = Callable[[], float]
@@ -163,7 +145,7 @@ def ot_layer_rows(opts: PerfOptions) -> list[dict[str, Any]]:
 def _ot_call(solver: str, teacher: Tensor, student: Tensor) -> Callable[[], object]:
     if solver == REFERENCE:
         return lambda: reference_emd2(teacher, student)
-    return lambda: ot_distance(teacher, student, solver=solver)
+    return lambda: methods.ot_distance(teacher, student, solver=solver)
 
 
 # ------------------------------------------------------------ (b, d) training steps
@@ -240,22 +222,22 @@ def build_pair(spec: PairSpec, device: torch.device) -> PairSetup:
     x = torch.randn(spec.batch, spec.in_channels, spec.image_size, spec.image_size,
                     device=device)
     y = torch.randint(0, spec.num_classes, (spec.batch,), device=device)
-    teacher = build_model(spec.teacher, spec.num_classes, spec.in_channels).to(device)
+    teacher = models.build_model(spec.teacher, spec.num_classes, spec.in_channels).to(device)
     calibrate_batchnorm(teacher, x)
     teacher.requires_grad_(False)
-    student_spec = get_model_spec(spec.student)
+    student_spec = models.get_model_spec(spec.student)
     if spec.scenario == "transfer":
         student = copy.deepcopy(teacher).train().requires_grad_(True)
-        student = replace_head(student, student_spec, spec.num_classes)
+        student = models.replace_head(student, student_spec, spec.num_classes)
     else:
-        student = build_model(spec.student, spec.num_classes, spec.in_channels).to(device)
-    names = default_layer_pairs(get_model_spec(spec.teacher), student_spec)
+        student = models.build_model(spec.student, spec.num_classes, spec.in_channels).to(device)
+    names = models.default_layer_pairs(models.get_model_spec(spec.teacher), student_spec)
     shape = (spec.in_channels, spec.image_size, spec.image_size)
-    t_shapes = feature_shapes(teacher, [t for t, _ in names], shape)
-    s_shapes = feature_shapes(student, [s for _, s in names], shape)
+    t_shapes = models.feature_shapes(teacher, [t for t, _ in names], shape)
+    s_shapes = models.feature_shapes(student, [s for _, s in names], shape)
     pairs = [LayerPair(t, s, t_shapes[t], s_shapes[s]) for t, s in names]
     return PairSetup(spec, teacher, student, pairs, x, y,
-                     head_parameter_names(student, student_spec))
+                     models.head_parameter_names(student, student_spec))
 
 
 def method_run(setup: PairSetup, cls: type[TransferMethod],
@@ -302,9 +284,9 @@ def method_rows(opts: PerfOptions, setup: PairSetup) -> list[dict[str, Any]]:
     variants: dict[str, Variant] = {FEATURES_ONLY: step_variant(setup, FeaturesOnly, {})}
     skipped: dict[str, str] = {}
     budget = opts.step_budget_s
-    for name in method_names():
+    for name in methods.method_names():
         try:
-            variant = step_variant(setup, get_method(name), {})
+            variant = step_variant(setup, methods.get_method(name), {})
         except OtbenchError as err:
             skipped[name] = str(err)
             continue
@@ -321,8 +303,8 @@ def method_rows(opts: PerfOptions, setup: PairSetup) -> list[dict[str, Any]]:
 def plan_reuse_rows(opts: PerfOptions, setup: PairSetup) -> list[dict[str, Any]]:
     """OT's step with the plan solved every k steps; a sample spans a multiple of every k."""
     steps = int(np.lcm.reduce(opts.plan_every))
-    ot_cls = get_method("ot")
-    variants = {"finetune": step_variant(setup, get_method("finetune"), {}, steps),
+    ot_cls = methods.get_method("ot")
+    variants = {"finetune": step_variant(setup, methods.get_method("finetune"), {}, steps),
                 FEATURES_ONLY: step_variant(setup, FeaturesOnly, {}, steps)}
     for k in opts.plan_every:
         variants[f"ot k={k}"] = step_variant(setup, ot_cls, {"plan_every": k}, steps)
@@ -351,11 +333,11 @@ def data_path_rows(opts: PerfOptions) -> list[dict[str, Any]]:
     cfg = TrainConfig(epochs=1)
     batches = list(BatchIterator(task.train, cfg.batch_size, shuffle=False,
                                  normalize=make_normalizer(task)))
-    finetune = get_method("finetune")
+    finetune = methods.get_method("finetune")
     rows = []
     for model_name in opts.data_models:
         torch.manual_seed(0)
-        model = build_model(model_name, task.num_classes, task.in_channels).to(opts.device)
+        model = models.build_model(model_name, task.num_classes, task.in_channels).to(opts.device)
         run = Student(model, finetune(TransferContext(model, model, [])))
         samples = measure({"loop": _loop_epoch(run, task, cfg, len(batches)),
                            "bare": _bare_epoch(model, batches, cfg)},
@@ -406,7 +388,7 @@ def diagnostics_rows(opts: PerfOptions, setup: PairSetup) -> list[dict[str, Any]
     # Recording reads the student in eval mode and restores its mode: no copy needed.
     recorder = DiagnosticsRecorder(setup.teacher, setup.student, setup.pairs, probe)
     epochs = itertools.count()
-    samples = measure({"finetune": step_variant(setup, get_method("finetune"), {}),
+    samples = measure({"finetune": step_variant(setup, methods.get_method("finetune"), {}),
                        "diagnostics": timed(lambda: recorder.record(next(epochs)),
                                             setup.x.device)},
                       opts.repeats, opts.warmup)
@@ -488,36 +470,3 @@ def format_report(result: Mapping[str, Any]) -> str:
                      ("pair", "probe", "layers", "step_ms", "diagnostics_ms", "ratio_to_step")),
     ]
     return "\n\n".join(parts)
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    """Register ``perf`` on the ``otbench`` command's subparsers."""
-    help_text = ("micro-benchmarks: OT per layer, step cost of each method, data path, "
-                 "representation diagnostics")
-    parser = sub.add_parser("perf", help=help_text, description=help_text)
-    parser.set_defaults(handler=cmd_perf)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--json", type=Path, default=Path("results/perf.json"),
-                        help="where to write the results (default results/perf.json)")
-    parser.add_argument("--repeats", type=int, help="timed samples per variant "
-                        "(default 7, 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="small widths, the digits pair "
-                        "only and fewer repeats: a smoke run")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: "
-                        "torch's); 1 keeps timings sane on a machine shared with other jobs")
-    parser.add_argument("--data-dir", default="data", help="dataset folder (digits ships "
-                        "with scikit-learn)")
-
-
-def cmd_perf(args: argparse.Namespace) -> int:
-    opts = PerfOptions.build(args.device, args.repeats, args.quick, args.data_dir)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    result = run_perf(opts)
-    print(format_report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
-    return 0
