@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from otbench.errors import ConfigError
 
-from . import plots, representation, settings, studies
+from . import plots, ranks, representation, settings, studies
 from .collect import (
     HPARAM_PREFIX,
     add_timings,
@@ -99,6 +99,8 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
     # drawing process waits at the end while another draws a large figure alone.
     with plots.FigureWriter(figure_workers, cache=out / FIGURE_CACHE) as writer:
         figures, notes = result_figures(runs, histories, table, figures_dir, writer)
+        rank_figures, rank_notes, rank_texts = ranks.rank_section(table, out, writer,
+                                                                  "csv" in wanted)
         diag_figures, diag_notes, diag_texts = representation_section(
             client, final, table, out, writer, "csv" in wanted)
         study_figures, study_notes = study_figures_for(runs, storage, figures_dir, writer)
@@ -106,9 +108,11 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
-        table_html=render_html(table), figures=figures + diag_figures + study_figures,
-        tables=_context_tables(runs, final, opts), notes=notes + diag_notes + study_notes,
-        section_texts=diag_texts)
+        table_html=render_html(table),
+        figures=figures + rank_figures + diag_figures + study_figures,
+        tables=_context_tables(runs, final, opts),
+        notes=notes + rank_notes + diag_notes + study_notes,
+        section_texts={**rank_texts, **diag_texts})
     page = out / "report.html"
     page.write_text(render_page(content, out), encoding="utf-8")
     return page

@@ -92,7 +92,8 @@ def paired_power(effect: float, n: int, alpha: float = 0.05) -> float:
     df = n - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     nc = effect * np.sqrt(n)
-    return float(stats.nct.sf(critical, df, nc) + stats.nct.cdf(-critical, df, nc))
+    # The lower tail as the upper one of -nc: scipy's cdf answers NaN for some large nc.
+    return float(stats.nct.sf(critical, df, nc) + stats.nct.sf(critical, df, -nc))
 
 
 def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:

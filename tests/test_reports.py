@@ -485,7 +485,9 @@ def test_latex_is_balanced_booktabs_and_escaped(runs: pd.DataFrame, report: Path
 
 def test_html_table_marks(report: Path) -> None:
     fragment = (report.parent / "table.html").read_text()
-    assert fragment.count("<tr>") == 2 + 3
+    assert fragment.count("<tr>") == 2 + 3 + 3  # header, methods, differences, detectable
+    assert '<tbody class="differences">' in fragment
+    assert "<td>-12.0 [-18.6, -5.4]</td>" in fragment
     assert '<th colspan="2">Transfer</th>' in fragment
     assert "<b>84.0 ± 1.0</b>" in fragment and "72.0 ± 2.0<sup>†</sup>" in fragment
     assert "<td>—</td>" in fragment
@@ -790,7 +792,7 @@ def test_options_yaml_and_typos(tmp_path: Path) -> None:
                                                                           "OT (ours)")
     with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
         ReportOptions.from_mapping({"alpah": 0.1})
-    with pytest.raises(ConfigError, match="Valid tests: paired-t, wilcoxon, mannwhitney"):
+    with pytest.raises(ConfigError, match="Valid tests: mannwhitney, paired-t, wilcoxon"):
         ReportOptions(test="student")
 
 
