@@ -135,7 +135,7 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
 
     return write(tracking_uri_for(suite.tracking_uri, suite.results_dir), suite.experiment,
                  suite.report_dir, storage=with_installed_driver(storage_url),
-                 figure_workers=default_figure_workers())
+                 options=dict(suite.report), figure_workers=default_figure_workers())
 
 
 def exit_code(results: list[StudyResult], failed_workers: int) -> int:

@@ -39,6 +39,10 @@ class FinalSettings(Strict):
     """The final stage: the best parameters re-trained with seeds 0..seeds-1, on test."""
 
     seeds: PositiveInt = 3
+    episodes: bool = Field(
+        False, description="final seed s also draws its own training subset of a few-shot "
+        "task (split_seed = s), the same for every method: the spread over seeds then "
+        "includes which images were drawn, and the comparison stays paired")
 
 
 class HeartbeatSettings(Strict):
@@ -95,6 +99,12 @@ class SuiteFile(Strict):
         "auto", description="record the diagnostics in a separate process on a spare core "
         "while the runs train; auto: when the device is the CPU and the local workers' threads "
         "leave a core for each worker's")
+    report: dict[str, Any] = Field(
+        default_factory=dict, description="options of the sweep's report (reference method, "
+        "test, names...), as in `otbench report --options`")
+    plugins: list[str] = Field(
+        default_factory=list, description="plugin files (paths relative to the suite file) "
+        "whose methods the suite runs, as with --plugin")
     threads: PositiveInt | None = Field(
         None, description="torch CPU threads per worker (default: the cores shared among "
         "local workers); small models run as fast on 1 and never contend for cores")
