@@ -157,7 +157,9 @@ def _column_cells(key: Column, column: pd.DataFrame, options: ReportOptions) -> 
                                                 "diff_sd"])
     cells["p_holm"] = statistics.holm(cells.p_value.to_numpy(float))
     cells["significant"] = cells.p_holm < options.alpha
-    compared = cells.dropna(subset=["diff_sd"])
+    # A method whose every difference is the same (a copy of the reference) says nothing
+    # about how two different methods' results spread, so it is not pooled.
+    compared = cells[cells.diff_sd > 0]
     if not compared.empty:
         pooled = float(np.sqrt((compared.diff_sd ** 2).mean()))
         cells["detectable"] = statistics.detectable_difference(
