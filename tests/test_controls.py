@@ -26,8 +26,7 @@ def small_controls(folder: Path) -> Path:
     return path
 
 
-def test_small_controls_mark_the_known_effect_only(tmp_path, monkeypatch) -> None:
-    monkeypatch.delenv("OTBENCH_PLUGINS", raising=False)  # restored after the test
+def test_small_controls_mark_the_known_effect_only(tmp_path, isolated_plugins) -> None:
     results = tmp_path / "results"
     assert cli.main(["sweep", str(small_controls(tmp_path)), "--results-dir", str(results),
                      "--quiet"]) == 0

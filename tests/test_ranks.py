@@ -1,12 +1,14 @@
 """Ranks across tasks in a report: the methods with a result everywhere, the Friedman test, the
-critical-difference diagram and its groups."""
+critical-difference diagram and its groups; and the table's marks under the null."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from otbench.reports import plots, ranks, statistics
 from otbench.reports.cd_diagram import cliques, critical_difference_diagram
@@ -78,3 +80,22 @@ def test_diagram_names_every_method_and_the_critical_difference(tmp_path: Path) 
     assert "Friedman test" in texts_[ranks.SECTION][0]
     assert pd.read_csv(tmp_path / ranks.CSV)["method"].tolist() == ["ot", "kd", "at",
                                                                      "finetune"]
+
+
+def test_false_marks_stay_near_alpha_under_the_null() -> None:
+    """A method and its copy trained with independent noise but the same data draw per seed:
+    over 200 columns the table marks about alpha = 5 % of them (binomial 99.9 % band)."""
+    rng = np.random.default_rng(1)
+    columns, seeds = 200, 10
+    draw = rng.normal(80, 5, size=(columns, 1, seeds))  # the seed's data draw, shared
+    values = draw + rng.normal(0, 1.5, size=(columns, 2, seeds))  # each method's own noise
+    rows = [{"stage": "final", "status": "FINISHED", "scenario": "cross", "entry": "cross",
+             "task": f"digits@{c + 1}", "method": method, "seed": s,
+             "test/acc": values[c, m, s] / 100}
+            for c in range(columns) for m, method in enumerate(("ot", "copy"))
+            for s in range(seeds)]
+    options = ReportOptions()
+    table = summarize(final_results(pd.DataFrame(rows), options), options)
+    marked = table.cells.loc[table.cells.method == "copy", "significant"]
+    low, high = stats.binom.ppf([0.0005, 0.9995], columns, 0.05) / columns
+    assert low <= marked.mean() <= high

@@ -332,7 +332,8 @@ def test_entry_search_overrides_the_suite_search_for_that_entry_only(tmp_path) -
 
 @pytest.mark.parametrize("suite", ["quick", "zoo", "cifar100-distill", "imagenet-transfer",
                                    "plan-reuse", "controls"])
-def test_bundled_suites_dry_run_without_data_or_files(tmp_path, capsys, suite) -> None:
+def test_bundled_suites_dry_run_without_data_or_files(tmp_path, capsys, suite,
+                                                     isolated_plugins) -> None:
     assert suite in bundled_suites()
     results = tmp_path / "results"
     assert cli.main(["sweep", suite, "--dry-run", "--results-dir", str(results)]) == 0
@@ -372,9 +373,8 @@ def test_episodes_give_final_seed_s_its_own_draw_of_a_few_shot_task(tmp_path) ->
                for spec in suites[False].studies)
 
 
-def test_suite_plugins_and_report_options(tmp_path, monkeypatch) -> None:
+def test_suite_plugins_and_report_options(tmp_path, isolated_plugins) -> None:
     """A suite names its plugin files relative to itself, and its report's options."""
-    monkeypatch.delenv("OTBENCH_PLUGINS", raising=False)  # restored after the test
     plugin = tmp_path / "plugins" / "mine.py"
     plugin.parent.mkdir()
     plugin.write_text("from otbench.methods import register_method\n"
