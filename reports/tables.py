@@ -136,22 +136,16 @@ def _column_cells(key: Column, column: pd.DataFrame, options: ReportOptions) -> 
     by_seed = {method: group.groupby(seeds[group.index])["value"].mean()
                for method, group in column.groupby("method", sort=False)}
     reference = by_seed.get(options.reference)
+    reference_values = column.loc[column.method == options.reference, "value"].to_numpy(float)
     rows = []
     for method in by_seed:
-        values = column.loc[column.method == method, "value"].to_numpy()
+        values = column.loc[column.method == method, "value"].to_numpy(float)
         row = {**key._asdict(), "method": method, "n": len(values),
                "mean": float(values.mean()),
                "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan")}
         if reference is not None and method != options.reference:
-            mine, theirs = statistics.paired_values(by_seed[method], reference)
-            diff = statistics.mean_difference(mine - theirs)
-            unpaired = (values, column.loc[column.method == options.reference, "value"]
-                        .to_numpy(float))
-            row.update(pairs=len(mine), diff=diff.mean, diff_low=diff.low, diff_high=diff.high,
-                       diff_sd=float(np.std(mine - theirs, ddof=1)) if len(mine) > 1
-                       else float("nan"),
-                       p_value=statistics.p_value(*(unpaired if options.test == "mannwhitney"
-                                                    else (mine, theirs)), options.test))
+            row.update(_comparison(by_seed[method], reference, values, reference_values,
+                                   options.test))
         rows.append(row)
     cells = pd.DataFrame(rows).reindex(columns=[*Column._fields, "method", *CELL_FIELDS,
                                                 "diff_sd"])
@@ -174,6 +168,20 @@ def ordered_columns(cells: pd.DataFrame, options: ReportOptions) -> list[Column]
     tasks = options.order_tasks(c.task for c in columns)
     return sorted(columns, key=lambda c: (scenarios.index(c.scenario), tasks.index(c.task),
                                           c.entry))
+
+
+def _comparison(mine: pd.Series, reference: pd.Series, values: np.ndarray,
+                reference_values: np.ndarray, test: str) -> dict[str, float]:
+    """One method against the reference: paired by seed (``mine``, ``reference`` indexed by
+    seed), except the unpaired ``mannwhitney`` test, which takes all ``values``."""
+    paired = statistics.paired_values(mine, reference)
+    differences = paired[0] - paired[1]
+    diff = statistics.mean_difference(differences)
+    tested = (values, reference_values) if test == "mannwhitney" else paired
+    return {"pairs": len(differences), "diff": diff.mean, "diff_low": diff.low,
+            "diff_high": diff.high,
+            "diff_sd": float(differences.std(ddof=1)) if len(differences) > 1 else float("nan"),
+            "p_value": statistics.p_value(*tested, test)}
 
 
 def _rank(cells: pd.DataFrame, decimals: int) -> pd.DataFrame:
