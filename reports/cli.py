@@ -26,7 +26,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", default=",".join(FORMATS),
                         help="table files to write, comma-separated (default: %(default)s)")
     parser.add_argument("--options", help="YAML file of report options: display names, "
-                        "row/column order, test (welch|wilcoxon), alpha...")
+                        "row/column order, test (paired-t|wilcoxon|mannwhitney), alpha...")
     parser.set_defaults(handler=cmd_report)
 
 

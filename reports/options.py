@@ -29,7 +29,10 @@ SCENARIO_NAMES = {"transfer": "Transfer", "distill": "Distillation", "cross": "C
 SCENARIO_ORDER = ("transfer", "distill", "cross", "source")
 DATASET_NAMES = {"digits": "Digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
                  "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-TESTS = ("welch", "wilcoxon")
+#: Tests a report can mark differences with: two paired by seed, and the unpaired rank-sum
+#: test for runs that are not paired.
+TESTS = {"paired-t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
+         "mannwhitney": "Mann-Whitney U (rank-sum) test"}
 #: Table files a report can write (report.html is always written).
 FORMATS = ("md", "tex", "html", "csv")
 
@@ -48,7 +51,7 @@ class ReportOptions:
     scenario_order: list[str] = field(default_factory=lambda: list(SCENARIO_ORDER))
     task_order: list[str] = field(default_factory=list)
     reference: str = "ot"
-    test: str = "welch"
+    test: str = "paired-t"
     alpha: float = 0.05
     mark: str = "†"
     metric: str = "test/acc"

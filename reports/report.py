@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from otbench.errors import ConfigError
 
-from . import representation, settings, studies
+from . import ranks, representation, settings, studies
 from .atomic import replaced_whole
 from .collect import (
     DIAGNOSTICS_ARTIFACT,
@@ -103,15 +103,18 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
     figures_dir = out / "figures"
     storage = storage or studies.default_storage(tracking_uri)
     figures, notes = result_figures(runs, histories, table, figures_dir)
+    rank_figures, rank_notes, rank_texts = ranks.rank_section(table, out, "csv" in wanted)
     diag_figures, diag_notes, diag_texts = representation_section(
         client, final, table, out, "csv" in wanted)
     sweep_figures, study_notes = study_figures_for(runs, storage, figures_dir)
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
-        table_html=render_html(table), figures=figures + diag_figures + sweep_figures,
-        tables=_context_tables(runs, final, opts), notes=notes + diag_notes + study_notes,
-        section_texts=diag_texts)
+        table_html=render_html(table),
+        figures=figures + rank_figures + diag_figures + sweep_figures,
+        tables=_context_tables(runs, final, opts),
+        notes=notes + rank_notes + diag_notes + study_notes,
+        section_texts={**rank_texts, **diag_texts})
     page = out / "report.html"
     page.write_text(render_page(content, out), encoding="utf-8")
     return page

@@ -1,6 +1,7 @@
 """The results table: methods × (scenario, task) columns, mean ± std over seeds, best in
-bold, second underlined, a mark where a method differs significantly from the reference
-method (OT).
+bold, second underlined, a mark where a method differs from the reference method (OT) after
+Holm's correction; under it, each method's mean paired difference to the reference with its
+95 % confidence interval, and per column the smallest difference the seeds could detect.
 
 Statistics are computed once (:func:`summarize`) into a plain DataFrame — also written as
 ``summary.csv`` — and three renderers only lay them out, so Markdown, LaTeX and HTML can never
@@ -10,19 +11,17 @@ disagree on a number or a mark.
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .options import ReportOptions
+from . import statistics
+from .options import TESTS, ReportOptions
 
 METRIC_NAMES = {"test/acc": "Test accuracy", "val/acc_final": "Validation accuracy"}
-TEST_NAMES = {"welch": "Welch's t-test", "wilcoxon": "Wilcoxon rank-sum (Mann-Whitney U) test"}
 MISSING = "—"
 
 
@@ -47,7 +46,9 @@ class ResultTable:
     """Per-cell statistics plus the row and column order of the rendered table.
 
     ``cells`` has one row per (scenario, entry, task, method) with ``n, mean, std`` (in
-    display units, e.g. %), ``p_value`` against the reference, ``significant``, ``best``,
+    display units, e.g. %); against the reference: the seeds paired (``pairs``), the mean
+    paired difference ``diff`` with its 95 % CI ``diff_low, diff_high``, ``p_value``, Holm's
+    ``p_holm`` and ``significant``; the column's ``detectable`` difference; ``best``,
     ``second``. ``overhead`` is the regularizer's share of training time (%) per method, or
     None."""
 
@@ -79,6 +80,18 @@ class ResultTable:
         """The column's name with its scenario, as figures and sentences head it."""
         return f"{self.options.scenario_label(column.scenario)} · {self.label(column)}"
 
+    def detectable(self, column: Column) -> float:
+        """The smallest paired difference the column's seeds could detect (NaN if none)."""
+        values = self.cells.loc[(self.cells.scenario == column.scenario)
+                                & (self.cells.entry == column.entry)
+                                & (self.cells.task == column.task), "detectable"].dropna()
+        return float(values.iloc[0]) if len(values) else float("nan")
+
+    @property
+    def compared(self) -> list[str]:
+        """The methods compared with the reference, in row order."""
+        return [m for m in self.methods if m != self.options.reference]
+
     def in_scenario(self, scenario: str) -> list[Column]:
         return [c for c in self.columns if c.scenario == scenario]
 
@@ -109,39 +122,15 @@ def final_results(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
     return runs[keep]
 
 
-def p_value(values: np.ndarray, reference: np.ndarray, test: str) -> float:
-    """Two-sided, unpaired p-value of ``values`` against ``reference``; NaN below two
-    samples per side, where neither test says anything."""
-    if len(values) < 2 or len(reference) < 2:
-        return float("nan")
-    with warnings.catch_warnings():  # constant samples: scipy warns, the result is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if test == "welch":
-            result = stats.ttest_ind(values, reference, equal_var=False)
-        else:
-            result = stats.mannwhitneyu(values, reference, alternative="two-sided")
-    return float(result.pvalue)
-
-
 def summarize(final: pd.DataFrame, options: ReportOptions) -> ResultTable:
-    """Aggregate final runs per column and method, test each against the reference, rank.
+    """Aggregate final runs per column and method, compare each with the reference, rank.
 
     Ranking uses the means rounded as displayed, so two methods that print the same number
     are both bold (or both underlined) rather than one of them arbitrarily."""
     scaled = final.assign(value=final[options.metric].astype(float) * options.scale)
-    rows = []
-    for key, column in scaled.groupby(list(Column._fields), sort=False):
-        reference = column.loc[column.method == options.reference, "value"].to_numpy()
-        for method, group in column.groupby("method", sort=False):
-            values = group["value"].to_numpy()
-            p = (float("nan") if method == options.reference
-                 else p_value(values, reference, options.test))
-            rows.append({**Column(*key)._asdict(), "method": method, "n": len(values),
-                         "mean": float(values.mean()),
-                         "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                         "p_value": p, "significant": bool(p < options.alpha)})
-    cells = _rank(pd.DataFrame(rows, columns=[*Column._fields, "method", "n", "mean", "std",
-                                              "p_value", "significant"]), options.decimals)
+    frames = [_column_cells(Column(*key), column, options)
+              for key, column in scaled.groupby(list(Column._fields), sort=False)]
+    cells = _rank(pd.concat(frames, ignore_index=True), options.decimals)
     return ResultTable(cells, ordered_columns(cells, options),
                        options.order_methods(cells.method), _overhead(final, options), options,
                        _protocols(final))
@@ -166,6 +155,44 @@ def protocol_note(table: ResultTable) -> str:
                     f"{p}." for p in distinct)
 
 
+CELL_FIELDS = ("n", "mean", "std", "pairs", "diff", "diff_low", "diff_high", "p_value",
+               "p_holm", "significant", "detectable")
+
+
+def _column_cells(key: Column, column: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """One column's cells: each method's mean ± std, and its paired comparison with the
+    reference (differences per seed, their mean and CI, the test Holm-corrected over the
+    column's methods). ``detectable`` is the column's: from the pooled spread of its
+    methods' differences."""
+    seeds = column["seed"] if "seed" in column else pd.Series(np.nan, index=column.index)
+    by_seed = {method: group.groupby(seeds[group.index])["value"].mean()
+               for method, group in column.groupby("method", sort=False)}
+    reference = by_seed.get(options.reference)
+    reference_values = column.loc[column.method == options.reference, "value"].to_numpy(float)
+    rows = []
+    for method in by_seed:
+        values = column.loc[column.method == method, "value"].to_numpy(float)
+        row = {**key._asdict(), "method": method, "n": len(values),
+               "mean": float(values.mean()),
+               "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan")}
+        if reference is not None and method != options.reference:
+            row.update(_comparison(by_seed[method], reference, values, reference_values,
+                                   options.test))
+        rows.append(row)
+    cells = pd.DataFrame(rows).reindex(columns=[*Column._fields, "method", *CELL_FIELDS,
+                                                "diff_sd"])
+    cells["p_holm"] = statistics.holm(cells.p_value.to_numpy(float))
+    cells["significant"] = cells.p_holm < options.alpha
+    # A method whose every difference is the same (a copy of the reference) says nothing
+    # about how two different methods' results spread, so it is not pooled.
+    compared = cells[cells.diff_sd > 0]
+    if not compared.empty:
+        pooled = float(np.sqrt((compared.diff_sd ** 2).mean()))
+        cells["detectable"] = statistics.detectable_difference(
+            pooled, int(compared.pairs.min()), options.alpha)
+    return cells.drop(columns="diff_sd")
+
+
 def ordered_columns(cells: pd.DataFrame, options: ReportOptions) -> list[Column]:
     """Scenarios in the configured order; within one, tasks in order, then entries by name."""
     columns = {Column(*key) for key in cells[list(Column._fields)].itertuples(index=False)}
@@ -173,6 +200,20 @@ def ordered_columns(cells: pd.DataFrame, options: ReportOptions) -> list[Column]
     tasks = options.order_tasks(c.task for c in columns)
     return sorted(columns, key=lambda c: (scenarios.index(c.scenario), tasks.index(c.task),
                                           c.entry))
+
+
+def _comparison(mine: pd.Series, reference: pd.Series, values: np.ndarray,
+                reference_values: np.ndarray, test: str) -> dict[str, float]:
+    """One method against the reference: paired by seed (``mine``, ``reference`` indexed by
+    seed), except the unpaired ``mannwhitney`` test, which takes all ``values``."""
+    paired = statistics.paired_values(mine, reference)
+    differences = paired[0] - paired[1]
+    diff = statistics.mean_difference(differences)
+    tested = (values, reference_values) if test == "mannwhitney" else paired
+    return {"pairs": len(differences), "diff": diff.mean, "diff_low": diff.low,
+            "diff_high": diff.high,
+            "diff_sd": float(differences.std(ddof=1)) if len(differences) > 1 else float("nan"),
+            "p_value": statistics.p_value(*tested, test)}
 
 
 def _rank(cells: pd.DataFrame, decimals: int) -> pd.DataFrame:
@@ -214,7 +255,7 @@ HTML = Markup(escape=html.escape, bold=lambda s: f"<b>{s}</b>", underline=lambda
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}", "—": "---", "–": "--", "±": r"$\pm$",
-                  "×": r"$\times$"}
+                  "×": r"$\times$", "−": "$-$", "α": r"$\alpha$"}
 _LATEX_MARKS = {"†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "*": r"$^{*}$"}
 
 
@@ -262,9 +303,11 @@ def note(table: ResultTable, markup: Markup) -> str:
     sentences = [f"{metric} ({unit}), mean ± std (ddof = 1) over seeds, {seeds}."]
     reference = opts.method_label(opts.reference)
     if (table.cells.method == opts.reference).any():
+        paired = ("unpaired" if opts.test == "mannwhitney"
+                  else f"each seed paired with {reference}'s same seed")
         test = (f"{markup.mark(opts.mark)}: differs from {markup.escape(reference)} at level "
-                f"{opts.alpha:g} ({markup.escape(TEST_NAMES[opts.test])}, two-sided, "
-                "unpaired over seeds).")
+                f"{opts.alpha:g} after Holm's correction over the column's methods "
+                f"({markup.escape(TESTS[opts.test])}, two-sided, {markup.escape(paired)}).")
     else:
         test = markup.escape(f"No significance marks: the reference method {reference} has "
                              "no final runs.")
@@ -278,6 +321,48 @@ def note(table: ResultTable, markup: Markup) -> str:
                 "per column (as rounded).")
     return " ".join([markup.escape(sentences[0]), emphasis, test,
                      *(markup.escape(s) for s in sentences[1:])])
+
+
+def difference_note(table: ResultTable) -> str:
+    """What the rows under the table are."""
+    opts = table.options
+    reference = opts.method_label(opts.reference)
+    return (f"Difference to {reference}: the method's minus {reference}'s result on the same "
+            "seed, mean over seeds with its 95 % confidence interval (t). Detectable: the "
+            f"smallest true difference a two-sided paired t-test at level {opts.alpha:g} "
+            "detects with power 0.8 given these seeds, from the spread of the column's paired "
+            "differences (pooled over its methods).")
+
+
+def difference_rows(table: ResultTable, markup: Markup) -> list[list[str]]:
+    """Rows under the table: per compared method its mean paired difference to the reference
+    [95 % CI] per column, then the column's detectable difference; empty without a
+    reference."""
+    opts = table.options
+    if not (table.cells.method == opts.reference).any():
+        return []
+    digits = opts.decimals
+    reference = opts.method_label(opts.reference)
+    rows = []
+    for method in table.compared:
+        row = [markup.escape(f"{opts.method_label(method)} − {reference}")]
+        for column in table.columns:
+            cell = table.cell(column, method)
+            if cell is None or pd.isna(cell["diff"]):
+                row.append(markup.escape(MISSING))
+            elif pd.isna(cell["diff_low"]):
+                row.append(f"{cell['diff']:+.{digits}f}")
+            else:
+                low, high = cell["diff_low"], cell["diff_high"]
+                row.append(markup.escape(f"{cell['diff']:+.{digits}f} [{low:+.{digits}f}, "
+                                         f"{high:+.{digits}f}]"))
+        rows.append(row)
+    detectable = [table.detectable(c) for c in table.columns]
+    rows.append([markup.escape("Detectable (α 0.05, power 0.8)" if opts.alpha == 0.05
+                               else f"Detectable (α {opts.alpha:g}, power 0.8)"),
+                 *(markup.escape(MISSING) if pd.isna(d) else f"{d:.{digits}f}"
+                   for d in detectable)])
+    return rows
 
 
 def render_markdown(table: ResultTable) -> str:
@@ -295,7 +380,15 @@ def render_markdown(table: ResultTable) -> str:
         if table.overhead is not None:
             row.append(overhead_text(table, method, MARKDOWN))
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\n" + note(table, MARKDOWN) + "\n"
+    text = "\n".join(lines) + "\n\n" + note(table, MARKDOWN) + "\n"
+    differences = difference_rows(table, MARKDOWN)
+    if differences:
+        head = ["Difference", *head[1:len(table.columns) + 1]]
+        lines = ["| " + " | ".join(head) + " |",
+                 "|" + "|".join([":---", *[":---:"] * (len(head) - 1)]) + "|",
+                 *("| " + " | ".join(row) + " |" for row in differences)]
+        text += "\n" + "\n".join(lines) + "\n\n" + esc(difference_note(table)) + "\n"
+    return text
 
 
 def render_latex(table: ResultTable) -> str:
@@ -320,11 +413,16 @@ def render_latex(table: ResultTable) -> str:
         if extra:
             row.append(overhead_text(table, method, LATEX))
         body.append(" & ".join(row) + r" \\")
+    differences = [" & ".join([*row, *([""] if extra else [])]) + r" \\"
+                   for row in difference_rows(table, LATEX)]
+    if differences:
+        body += [r"\midrule", *differences]
+    caption = note(table, LATEX) + (" " + esc(difference_note(table)) if differences else "")
     return "\n".join([
         "% Generated by `otbench report`; needs \\usepackage{booktabs} in the preamble.",
         r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", top,
         " ".join(rules), second, r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
-        rf"\caption{{{note(table, LATEX)}}}", r"\label{tab:otbench-results}", r"\end{table}",
+        rf"\caption{{{caption}}}", r"\label{tab:otbench-results}", r"\end{table}",
         ""])
 
 
@@ -345,7 +443,12 @@ def render_html(table: ResultTable) -> str:
         if extra:
             cells.append(f"<td>{overhead_text(table, method, HTML)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
+    differences = [f'<tr><th scope="row">{row[0]}</th>'
+                   + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
+                   for row in difference_rows(table, HTML)]
+    notes = [note(table, HTML)] + ([esc(difference_note(table))] if differences else [])
     return "\n".join([
         '<table class="results">', "<thead>", "<tr>" + "".join(top) + "</tr>",
         "<tr>" + "".join(second) + "</tr>", "</thead>", "<tbody>", *rows, "</tbody>",
-        "</table>", f'<p class="note">{note(table, HTML)}</p>', ""])
+        *(['<tbody class="differences">', *differences, "</tbody>"] if differences else []),
+        "</table>", *(f'<p class="note">{n}</p>' for n in notes), ""])

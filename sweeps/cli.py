@@ -181,7 +181,8 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
     from .studies import with_installed_driver
 
     return write(tracking_uri_for(suite.tracking_uri, suite.results_dir), suite.experiment,
-                 suite.report_dir, storage=with_installed_driver(storage_url))
+                 suite.report_dir, storage=with_installed_driver(storage_url),
+                 options=dict(suite.report))
 
 
 def exit_code(results: list[StudyResult], failed_workers: int) -> int:

@@ -1,4 +1,6 @@
 """The final stage: a study's best parameters re-trained with seeds 0..N-1, scored on test.
+With ``final.episodes``, seed s of a few-shot task also trains on its own draw of the
+images (``split_seed = s``), the same draw for every method.
 
 Each seed is a trial of a companion study ``<study>/final``, queued with the seed and the
 parameters in its user attributes. Optuna's storage hands a queued trial to exactly one
@@ -18,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from otbench.benchmark.runner import execute_run
 
+from .schema import FinalSettings
 from .studies import (
     CLAIMING,
     FAIL_REASON,
@@ -30,6 +33,7 @@ from .studies import (
     fail_stale_trials,
     is_failure,
 )
+from .suite import StudySpec
 from .trials import (
     State,
     StudyWork,
@@ -110,7 +114,9 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
     reused = finished_run_metric(worker, trial, "test/acc")
     if reused is not None:
         return reused
-    cfg = work.spec.run_config(trial.user_attrs[PARAMS], seed=seed, evaluate_test=True,
+    cfg = work.spec.run_config(trial.user_attrs[PARAMS], seed=seed,
+                               split_seed=episode_split(worker.suite.final, work.spec, seed),
+                               evaluate_test=True,
                                tags={"best_trial": str(trial.user_attrs[SOURCE_TRIAL])},
                                refit=worker.suite.final.refit == "train+val")
     with recorded_failure(trial):
@@ -121,6 +127,12 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
     record_loop_time(trial, result)
     assert result.test_acc is not None  # evaluate_test=True
     return result.test_acc
+
+
+def episode_split(final: FinalSettings, spec: StudySpec, seed: int) -> int | None:
+    """The split seed of final seed ``seed``: its own with episodes on a few-shot task (a
+    full-data task has no subset to draw), else None (the study's)."""
+    return seed if final.episodes and spec.plan.task.per_class is not None else None
 
 
 def report(worker: Worker, work: StudyWork, trial: FrozenTrial) -> None:

@@ -43,6 +43,10 @@ class FinalSettings(Strict):
         None, description="train+val: final runs retrain on the training and validation "
         "data together (same epochs), then score test once; unset: they train on the "
         "training split as the search did")
+    episodes: bool = Field(
+        False, description="final seed s also draws its own training subset of a few-shot "
+        "task (split_seed = s), the same for every method: the spread over seeds then "
+        "includes which images were drawn, and the comparison stays paired")
 
 
 class HeartbeatSettings(Strict):
@@ -95,6 +99,12 @@ class SuiteFile(Strict):
         False, description="record the per-epoch representation diagnostics in search trials "
         "too (final runs record them unless defaults set diagnostics: false); the report reads "
         "only final runs")
+    report: dict[str, Any] = Field(
+        default_factory=dict, description="options of the sweep's report (reference method, "
+        "test, names...), as in `otbench report --options`")
+    plugins: list[str] = Field(
+        default_factory=list, description="plugin files (paths relative to the suite file) "
+        "whose methods the suite runs, as with --plugin")
     threads: PositiveInt | None = Field(
         None, description="torch CPU threads per worker (default: the cores shared among "
         "local workers); small models run as fast on 1 and never contend for cores")

@@ -20,10 +20,12 @@ from otbench.benchmark.config import (
     load_yaml,
     validate_model,
 )
+from otbench.benchmark.plugins import load_plugins
 from otbench.benchmark.runner import RunPlan, plan_run
 from otbench.errors import ConfigError, unknown_name
 from otbench.methods import get_method, method_names
 from otbench.methods.base import check_applicable
+from otbench.reports.options import ReportOptions
 
 from .schema import (
     Budget,
@@ -66,14 +68,17 @@ class StudySpec:
     plan: RunPlan = field(repr=False, compare=False)
 
     def run_config(self, params: Mapping[str, Any], *, seed: int | None = None,
-                   evaluate_test: bool = False, tags: Mapping[str, str] = (),
-                   diagnostics: bool = True, refit: bool = False) -> RunConfig:
+                   split_seed: int | None = None, evaluate_test: bool = False,
+                   tags: Mapping[str, str] = (), diagnostics: bool = True,
+                   refit: bool = False) -> RunConfig:
         """The run config of one trial or final run of this study; ``diagnostics=False``
         turns them off whatever the suite's defaults say."""
         data = deep_merge(self.config, {"params": dict(params), "tags": dict(tags),
                                         "evaluate_test": evaluate_test, "refit": refit})
         if seed is not None:
             data["seed"] = seed
+        if split_seed is not None:
+            data["split_seed"] = split_seed
         if not diagnostics:
             data["diagnostics"] = False
         return validate_model(RunConfig, data, f"run config of study {self.name!r}")
@@ -94,6 +99,7 @@ class Suite:
     tracking_uri: str | None
     threads: int | None
     trial_diagnostics: bool = False
+    report: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def max_failures(self) -> int:
@@ -110,13 +116,28 @@ def suite_source(ref: str) -> tuple[str, dict[str, Any]]:
     if Path(ref).is_file():
         return ref, load_yaml(ref)
     if ref in bundled_suites():
-        with resources.as_file(resources.files("otbench.sweeps") / "suites" / f"{ref}.yaml") \
-                as path:
+        with resources.as_file(bundled_folder() / f"{ref}.yaml") as path:
             return ref, load_yaml(path)
     if ref.endswith((".yaml", ".yml")) or "/" in ref:
         raise ConfigError(f"suite file {ref!r} does not exist; give a YAML path or one of "
                           f"the bundled suites: {', '.join(bundled_suites())}")
     raise unknown_name("suite", ref, bundled_suites())
+
+
+def bundled_folder() -> Any:
+    return resources.files("otbench.sweeps") / "suites"
+
+
+def suite_plugins(ref: str, plugins: list[str]) -> list[str]:
+    """The suite's plugin files, relative to the suite file (a bundled suite's folder for a
+    bundled suite's name), checked to exist."""
+    folder = Path(ref).parent if Path(ref).is_file() else Path(str(bundled_folder()))
+    paths = [str((folder / plugin).resolve()) for plugin in plugins]
+    for plugin, path in zip(plugins, paths, strict=True):
+        if not Path(path).is_file():
+            raise ConfigError(f"suite {ref!r} plugins: {plugin!r} is not a file ({path}); "
+                              "give a .py path relative to the suite file")
+    return paths
 
 
 def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
@@ -126,6 +147,11 @@ def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
     # Top-level ``x-…`` keys hold YAML anchors that entries merge in (``<<: *name``).
     data = {k: v for k, v in data.items() if not str(k).startswith(EXTENSION_PREFIX)}
     raw = validate_model(SuiteFile, data, f"suite {where!r}")
+    load_plugins(suite_plugins(ref, raw.plugins))
+    try:
+        ReportOptions.from_mapping(raw.report)
+    except ConfigError as err:
+        raise ConfigError(f"suite {where!r} report: {err}") from None
     _check_keys(raw.defaults, "defaults", SWEEP_KEYS)
     validate_model(RunConfig, raw.defaults, f"suite {where!r} defaults")
     defaults = deep_merge(raw.defaults, {k: v for k, v in dict(settings).items()
@@ -140,7 +166,7 @@ def load_suite(ref: str, settings: Mapping[str, Any] = ()) -> Suite:
     first = studies[0].plan.config
     return Suite(raw.name, experiment, studies, raw.budget, raw.pruner, raw.final,
                  raw.heartbeat, first.results_dir, first.tracking_uri, raw.threads,
-                 raw.trial_diagnostics)
+                 raw.trial_diagnostics, raw.report)
 
 
 def _search_overrides(search: Mapping[str, Mapping[str, Any]], where: str = "search"

@@ -72,7 +72,7 @@ FINAL = {
     ("transfer", TRANSFER_10, "finetune"): [0.70, 0.72, 0.74],
     ("transfer", TRANSFER_10, "fitnets"): [0.78, 0.80, 0.79],
     ("transfer", TRANSFER_10, "ot"): [0.85, 0.83, 0.84],
-    ("transfer", TRANSFER_30, "finetune"): [0.88, 0.90, 0.89],
+    ("transfer", TRANSFER_30, "finetune"): [0.88, 0.91, 0.89],  # OT's seeds - 2, 1, 2
     ("transfer", TRANSFER_30, "fitnets"): [0.905, 0.91, 0.915],  # ties OT at 91.0: both bold
     ("transfer", TRANSFER_30, "ot"): [0.90, 0.92, 0.91],
     ("distill", DISTILL, "finetune"): [0.60, 0.65, 0.62],
@@ -308,46 +308,60 @@ def test_a_step_logged_twice_keeps_its_latest_value(tmp_path: Path) -> None:
         assert history[["step", "value"]].values.tolist() == [[0, 0.5], [1, 0.7]]
 
 
-def expected_cells(test: str = "welch") -> dict[tuple[str, str, str], dict]:
-    """Mean, std, n, p-value against OT, bold and underline, computed here from FINAL."""
+def expected_cells(test: str = "paired-t") -> dict[tuple[str, str, str], dict]:
+    """Mean, std, n, paired difference to OT, p-value against OT (Holm over the column's
+    two compared methods, by hand), bold and underline, computed here from FINAL."""
     out = {}
     for (scenario, task, method), values in FINAL.items():
         pct = np.array(values) * 100
         ref = np.array(FINAL[(scenario, task, "ot")]) * 100
         if method == "ot":
             p = np.nan
-        elif test == "welch":
-            p = stats.ttest_ind(pct, ref, equal_var=False).pvalue
+        elif test == "paired-t":
+            p = stats.ttest_rel(pct, ref).pvalue
+        elif test == "wilcoxon":
+            p = stats.wilcoxon(pct, ref).pvalue
         else:
             p = stats.mannwhitneyu(pct, ref, alternative="two-sided").pvalue
         out[(scenario, task, method)] = {"mean": pct.mean(), "std": pct.std(ddof=1),
-                                         "n": len(pct), "p": p}
+                                         "n": len(pct), "p": p,
+                                         "diff": np.nan if method == "ot" else (pct - ref).mean()}
     for scenario, task in {(s, t) for s, t, _ in FINAL}:
         column = {m: c for (s, t, m), c in out.items() if (s, t) == (scenario, task)}
         levels = sorted({round(c["mean"], 1) for c in column.values()}, reverse=True)
         for cell in column.values():
             cell["best"] = round(cell["mean"], 1) == levels[0]
             cell["second"] = len(levels) > 1 and round(cell["mean"], 1) == levels[1]
+        compared = sorted((c for m, c in column.items() if m != "ot"), key=lambda c: c["p"])
+        if len(compared) == 1:
+            compared[0]["holm"] = compared[0]["p"]
+        else:  # Holm with two p-values: the smaller times 2, the larger at least that
+            compared[0]["holm"] = min(1.0, 2 * compared[0]["p"])
+            compared[1]["holm"] = min(1.0, max(compared[0]["holm"], compared[1]["p"]))
+        column["ot"]["holm"] = np.nan
     return out
 
 
 def markdown_cell(cell: dict) -> str:
     text = f"{cell['mean']:.1f} ± {cell['std']:.1f}"
     text = f"**{text}**" if cell["best"] else f"<u>{text}</u>" if cell["second"] else text
-    return text + ("†" if cell["p"] < 0.05 else "")
+    return text + ("†" if cell["holm"] < 0.05 else "")
 
 
 def test_expected_pattern_is_interesting() -> None:
-    """The fixture exercises every mark: significant and not, a tie for best, a second."""
+    """The fixture exercises every mark: significant and not, significant alone but not
+    after Holm's correction, a tie for best, a second."""
     cells = expected_cells()
-    assert cells[("transfer", TRANSFER_10, "finetune")]["p"] < 0.05
-    assert cells[("transfer", TRANSFER_30, "finetune")]["p"] > 0.05
+    assert cells[("transfer", TRANSFER_10, "finetune")]["holm"] < 0.05
+    assert cells[("transfer", TRANSFER_10, "fitnets")]["p"] < 0.05
+    assert cells[("transfer", TRANSFER_30, "finetune")]["p"] < 0.05
+    assert cells[("transfer", TRANSFER_30, "finetune")]["holm"] > 0.05
     assert cells[("transfer", TRANSFER_30, "fitnets")]["best"]
     assert cells[("transfer", TRANSFER_30, "ot")]["best"]
     assert cells[("transfer", TRANSFER_30, "finetune")]["second"]
 
 
-@pytest.mark.parametrize("test", ["welch", "wilcoxon"])
+@pytest.mark.parametrize("test", ["paired-t", "wilcoxon", "mannwhitney"])
 def test_summary_matches_independent_statistics(runs: pd.DataFrame, test: str) -> None:
     options = ReportOptions(test=test)
     table = summarize(final_results(runs, options), options)
@@ -361,7 +375,9 @@ def test_summary_matches_independent_statistics(runs: pd.DataFrame, test: str) -
         assert cell["mean"] == pytest.approx(want["mean"])
         assert cell["std"] == pytest.approx(want["std"])
         assert cell["p_value"] == pytest.approx(want["p"], nan_ok=True)
-        assert cell["significant"] == (want["p"] < 0.05)
+        assert cell["p_holm"] == pytest.approx(want["holm"], nan_ok=True)
+        assert cell["significant"] == (want["holm"] < 0.05)
+        assert cell["diff"] == pytest.approx(want["diff"], nan_ok=True)
         assert (cell["best"], cell["second"]) == (want["best"], want["second"])
     assert table.cell(Column("distill", "distill", DISTILL), "fitnets") is None
     assert table.columns == [Column("transfer", "transfer", TRANSFER_10),
@@ -388,7 +404,8 @@ def test_markdown_table_cells_exactly(report: Path) -> None:
         assert rows[label] == [*cells, f"{100 * OVERHEAD[method]:.1f}"], label
     note = "\n".join(lines[5:])
     assert "n = 3 seeds per cell" in note
-    assert "†: differs from OT at level 0.05 (Welch's t-test, two-sided" in note
+    assert ("†: differs from OT at level 0.05 after Holm's correction over the column's "
+            "methods (paired t-test, two-sided, each seed paired with OT's same seed)") in note
     assert rows["OT"][0] == "**84.0 ± 1.0**"
     assert rows["Fine-tune"][0] == "72.0 ± 2.0†"
 
@@ -433,8 +450,9 @@ def test_latex_is_balanced_booktabs_and_escaped(runs: pd.DataFrame, report: Path
                             task_names={DISTILL: "10% of #digits"})
     custom = render_latex(summarize(final_results(runs, options), options))
     for tex in (default, custom):
-        for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        for rule in (r"\toprule", r"\bottomrule"):
             assert tex.count(rule) == 1
+        assert tex.count(r"\midrule") == 2  # under the header, above the differences
         for env in ("table", "tabular"):
             assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
         assert tex.count("{") == tex.count("}")
@@ -442,7 +460,8 @@ def test_latex_is_balanced_booktabs_and_escaped(runs: pd.DataFrame, report: Path
         assert spec is not None
         body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
         rows = [r for r in body.split("\n") if r.endswith(r"\\")]
-        assert len(rows) == 2 + 3  # two header rows, three methods
+        assert len(rows) == 2 + 3 + 3  # two header rows, three methods, two differences and
+        # the detectable one
         for row in rows:
             spans = sum(int(w) for w in re.findall(r"\\multicolumn\{(\d+)\}", row))
             separators = len(re.findall(r"(?<!\\)&", row))  # an escaped \& is text
@@ -454,11 +473,15 @@ def test_latex_is_balanced_booktabs_and_escaped(runs: pd.DataFrame, report: Path
     assert r"72.0 $\pm$ 2.0$^{\dagger}$" in default
     assert r"Fit\_Nets \& co" in custom and r"10\% of \#digits" in custom
     assert r"$^{*}$" in custom and "†" not in custom
+    assert r"Fine-tune $-$ OT & -12.0 [-18.6, -5.4]" in default  # mean ± t(2) sd / sqrt 3
+    assert r"Detectable ($\alpha$ 0.05, power 0.8)" in default
 
 
 def test_html_table_marks(report: Path) -> None:
     fragment = (report.parent / "table.html").read_text()
-    assert fragment.count("<tr>") == 2 + 3
+    assert fragment.count("<tr>") == 2 + 3 + 3  # header, methods, differences, detectable
+    assert '<tbody class="differences">' in fragment
+    assert "<td>-12.0 [-18.6, -5.4]</td>" in fragment
     assert '<th colspan="2">Transfer</th>' in fragment
     assert "<b>84.0 ± 1.0</b>" in fragment and "72.0 ± 2.0<sup>†</sup>" in fragment
     assert "<td>—</td>" in fragment
@@ -684,7 +707,7 @@ def test_options_yaml_and_typos(tmp_path: Path) -> None:
                                                                           "OT (ours)")
     with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
         ReportOptions.from_mapping({"alpah": 0.1})
-    with pytest.raises(ConfigError, match="Valid tests: welch, wilcoxon"):
+    with pytest.raises(ConfigError, match="Valid tests: mannwhitney, paired-t, wilcoxon"):
         ReportOptions(test="student")
 
 

@@ -157,6 +157,10 @@ def assert_overhead_measured(results: Path, out: str) -> None:
      "scenarios[0] (id 'cross').search.kd: method 'kd' is not run in this entry"),
     ({"scenarios": [{**TINY["scenarios"][0], "search": {"ot": {"plan_evry": {}}}}]},
      "Did you mean 'plan_every'"),
+    ({"report": {"refrence": "finetune"}}, "report: unknown report option 'refrence'"),
+    ({"report": {"test": "welch"}}, "report: unknown test 'welch'"),
+    ({"plugins": ["missing.py"]}, "plugins: 'missing.py' is not a file"),
+    ({"final": {"seeds": 2, "episode": True}}, "did you mean 'episodes'"),
 ])
 def test_bad_suites_exit_2_and_write_nothing(tmp_path, capsys, changes, expected) -> None:
     results = tmp_path / "results"
@@ -325,8 +329,9 @@ def test_entry_search_overrides_the_suite_search_for_that_entry_only(tmp_path) -
 
 
 @pytest.mark.parametrize("suite", ["quick", "zoo", "cifar100-distill", "imagenet-transfer",
-                                   "plan-reuse"])
-def test_bundled_suites_dry_run_without_data_or_files(tmp_path, capsys, suite) -> None:
+                                   "plan-reuse", "controls"])
+def test_bundled_suites_dry_run_without_data_or_files(tmp_path, capsys, suite,
+                                                     isolated_plugins) -> None:
     assert suite in bundled_suites()
     results = tmp_path / "results"
     assert cli.main(["sweep", suite, "--dry-run", "--results-dir", str(results)]) == 0
@@ -345,6 +350,42 @@ def test_quick_suite_covers_the_three_scenarios() -> None:
             ("finetune", "kd", "fitnets", "at", "ot")} <= studies
     assert {f"quick/cross/digits:5-9@10/{m}" for m in
             ("finetune", "fitnets", "at", "ot")} <= studies
+
+
+def test_episodes_give_final_seed_s_its_own_draw_of_a_few_shot_task(tmp_path) -> None:
+    """Split seed s for final seed s on a few-shot task, whatever the method; a full-data
+    task (nothing to draw) and suites without episodes keep the study's split."""
+    full = {**TINY["scenarios"][0], "id": "full", "task": "digits:5-9"}
+    for episodes in (True, False):
+        (tmp_path / str(episodes)).mkdir()
+    suites = {episodes: load_suite(str(write_suite(
+        tmp_path / str(episodes), scenarios=[TINY["scenarios"][0], full],
+        final={"seeds": 3, "episodes": episodes}))) for episodes in (True, False)}
+    for spec in suites[True].studies:
+        splits = [final.episode_split(suites[True].final, spec, seed) for seed in range(3)]
+        assert splits == ([0, 1, 2] if spec.entry == "cross" else [None] * 3), spec.name
+        for seed, split in enumerate(splits):
+            config = spec.run_config({}, seed=seed, split_seed=split)
+            assert (config.seed, config.split_seed) == (seed, split or 0)
+    assert all(final.episode_split(suites[False].final, spec, 2) is None
+               for spec in suites[False].studies)
+
+
+def test_suite_plugins_and_report_options(tmp_path, isolated_plugins) -> None:
+    """A suite names its plugin files relative to itself, and its report's options."""
+    plugin = tmp_path / "plugins" / "mine.py"
+    plugin.parent.mkdir()
+    plugin.write_text("from otbench.methods import register_method\n"
+                      "from otbench.methods.finetune import FineTune\n"
+                      "register_method('suite-plugin-copy')(type('Copy', (FineTune,), {}))\n")
+    path = write_suite(tmp_path, plugins=["plugins/mine.py"],
+                       report={"reference": "suite-plugin-copy"},
+                       scenarios=[{**TINY["scenarios"][0],
+                                   "methods": ["finetune", "suite-plugin-copy"]}])
+    suite = load_suite(str(path))
+    assert [s.method for s in suite.studies] == ["finetune", "suite-plugin-copy"]
+    assert dict(suite.report) == {"reference": "suite-plugin-copy"}
+    assert str(plugin.resolve()) in os.environ["OTBENCH_PLUGINS"]  # for spawned workers
 
 
 def test_all_methods_means_the_applicable_ones(tmp_path) -> None:

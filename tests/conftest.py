@@ -1,0 +1,17 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from otbench.benchmark import plugins
+from otbench.methods import base
+
+
+@pytest.fixture
+def isolated_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plugins loaded in the test process register into copies of the registry, forgotten
+    afterwards: other tests see only the built-in methods."""
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(plugins, "_loaded", set(plugins._loaded))
+    monkeypatch.delenv(plugins.ENV_VAR, raising=False)
