@@ -6,6 +6,7 @@ runs and worker processes never step on each other, and every run is closed with
 
 from __future__ import annotations
 
+import getpass
 import os
 import platform
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from filelock import FileLock
@@ -23,15 +24,22 @@ from filelock import FileLock
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunStatus, RunTag
+from mlflow.entities.source_type import SourceType
+from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
+from mlflow.utils import mlflow_tags
 
 import otbench
 from otbench.errors import ConfigError
 
 
 class RunStopped(Exception):
-    """Raised inside a run to stop it on purpose (e.g. pruned by a sweep): status KILLED."""
+    """Raised inside a run to stop it on purpose (e.g. pruned by a sweep): the run ends
+    FINISHED (it did what was asked of it) with ``stopped_reason`` and :attr:`tags`; KILLED
+    is kept for runs whose process was interrupted or died."""
+
+    tags: ClassVar[Mapping[str, str]] = {}
 
 
 #: MLflow's limit on a param value's length.
@@ -40,6 +48,9 @@ MAX_PARAM_LENGTH = 6000
 MAX_BATCH_METRICS = 1000
 #: A run's metrics reach the store at least this often (see :class:`RunLogger`).
 METRIC_FLUSH_SECONDS = 10.0
+#: Experiment tag that makes MLflow 3's UI open an experiment in its model-training (runs)
+#: view instead of guessing, and guessing GenAI, from an experiment it cannot classify.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def default_tracking_uri(results_dir: str | Path) -> str:
@@ -49,7 +60,9 @@ def default_tracking_uri(results_dir: str | Path) -> str:
 
 
 def tracking_uri_for(tracking_uri: str | None, results_dir: str | Path) -> str:
-    return tracking_uri or default_tracking_uri(results_dir)
+    """The URI given (a flag or config key), else MLflow's own ``MLFLOW_TRACKING_URI``
+    environment variable (set once for a cluster job), else SQLite under the results folder."""
+    return tracking_uri or MLFLOW_TRACKING_URI.get() or default_tracking_uri(results_dir)
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
@@ -66,18 +79,22 @@ def client_for(tracking_uri: str) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = None) -> str:
-    """Get or create an experiment by name, tolerating a concurrent creator."""
+    """Get or create an experiment by name, tolerating a concurrent creator; it carries
+    :data:`EXPERIMENT_TAGS` (added to an experiment made before they existed)."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another process created it between the two calls
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        location = artifact_root.resolve().as_uri() if artifact_root else None
+        try:
+            return client.create_experiment(name, artifact_location=location,
+                                            tags=EXPERIMENT_TAGS)
+        except Exception:  # another process created it between the two calls
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    for key, value in EXPERIMENT_TAGS.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def tags_where(tags: Mapping[str, Any]) -> str:
@@ -123,11 +140,33 @@ def software_versions() -> dict[str, str]:
             "mlflow": mlflow.__version__, "optuna": optuna.__version__}
 
 
+@cache
+def context_tags() -> dict[str, str]:
+    """MLflow's own context tags (user, source, git commit), which its UI shows as a run's
+    User and Source and its search filters on; named by ``mlflow.utils.mlflow_tags``, the
+    constants ``mlflow.start_run`` fills them from."""
+    commit = git_commit()
+    tags = {mlflow_tags.MLFLOW_USER: _user(), mlflow_tags.MLFLOW_SOURCE_NAME: "otbench",
+            mlflow_tags.MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+    if commit != "unknown":
+        tags[mlflow_tags.MLFLOW_GIT_COMMIT] = commit.removesuffix("-dirty")
+        tags[mlflow_tags.MLFLOW_GIT_DIRTY] = str(commit.endswith("-dirty")).lower()
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return "unknown"
+
+
 def standard_tags(stage: str, **tags: Any) -> dict[str, str]:
     """The tags every run carries: its stage plus whatever identifies it (the report's
-    columns), with provenance (git commit, software versions)."""
+    columns), with provenance (MLflow's context tags, git commit, software versions)."""
     versions = software_versions()
-    base = {"stage": stage, "git_commit": git_commit(), "otbench_version": versions["otbench"]}
+    base = {**context_tags(), "stage": stage, "git_commit": git_commit(),
+            "otbench_version": versions["otbench"]}
     base.update({f"version.{k}": v for k, v in versions.items()})
     base.update({k: str(v) for k, v in tags.items() if v is not None})
     return base
@@ -180,6 +219,30 @@ class RunLogger:
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_pytorch_model(self, model: Any, step: int, name: str = "student") -> str:
+        """``model`` as an MLflow 3 logged model of this run (the run's "Logged models"),
+        which ``mlflow.pytorch.load_model(f"models:/{model_id}")`` loads; returns its id.
+        Built with the client's LoggedModel calls rather than ``mlflow.pytorch.log_model``,
+        which needs a global active run; the requirements are given, not inferred (a
+        second's import scan per model)."""
+        import mlflow.pytorch
+        import torch
+
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        logged = self.client.create_logged_model(experiment, name=name,
+                                                 source_run_id=self.run_id)
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                mlflow.pytorch.save_model(model, Path(folder) / "model", pip_requirements=[
+                    f"torch=={torch.__version__}", f"otbench=={otbench.__version__}"])
+                self.client.log_model_artifacts(logged.model_id, str(Path(folder) / "model"))
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step)])
+        return logged.model_id
+
 
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True)
@@ -190,8 +253,9 @@ def _param_value(value: Any) -> str:
 def mlflow_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, Any],
                artifact_root: Path | None = None,
                parent_run_id: str | None = None) -> Iterator[RunLogger]:
-    """Open a run and always close it: FINISHED; KILLED on Ctrl-C or :class:`RunStopped`;
-    FAILED with the reason as the ``failure_reason`` tag."""
+    """Open a run and always close it: FINISHED (also when stopped on purpose by
+    :class:`RunStopped`, with its reason); KILLED on Ctrl-C; FAILED with the reason as the
+    ``failure_reason`` tag."""
     client = client_for(tracking_uri)
     exp = experiment_id(client, experiment, artifact_root)
     run_tags = {k: str(v) for k, v in tags.items()}
@@ -202,7 +266,10 @@ def mlflow_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mappi
     try:
         yield logger
         logger.flush()
-    except (KeyboardInterrupt, RunStopped) as err:
+    except RunStopped as err:
+        _end_run(logger, RunStatus.FINISHED, {**err.tags, "stopped_reason": str(err)})
+        raise
+    except KeyboardInterrupt as err:
         _end_run(logger, RunStatus.KILLED, {"stopped_reason": f"{type(err).__name__}: {err}"})
         raise
     except BaseException as err:
@@ -220,11 +287,13 @@ def _end_run(logger: RunLogger, status: int, reason: Mapping[str, str]) -> None:
     logger.client.set_terminated(logger.run_id, RunStatus.to_string(status))
 
 
-def ensure_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, Any],
-               key: Mapping[str, str], artifact_root: Path | None = None) -> str:
-    """The id of the one live run tagged with ``key`` (e.g. a sweep's study run), created and
-    ended FINISHED when absent, so a rerun or another worker finds it instead of adding a
-    twin. Concurrent creators converge: each keeps the oldest match and deletes its own."""
+def open_shared_run(tracking_uri: str, experiment: str, *, run_name: str,
+                    tags: Mapping[str, Any], key: Mapping[str, str],
+                    artifact_root: Path | None = None) -> str:
+    """The id of the one live run tagged with ``key`` (e.g. a sweep's study run), created when
+    absent, so a rerun or another worker finds it instead of adding a twin; it is RUNNING
+    until :func:`close_run` (a rerun opens it again). Concurrent creators converge: each keeps
+    the oldest match and deletes its own."""
     client = client_for(tracking_uri)
     exp = experiment_id(client, experiment, artifact_root)
     where = tags_where(key)
@@ -236,14 +305,27 @@ def ensure_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mappi
 
     found = oldest()
     if found is not None:
+        client.update_run(found, status=RunStatus.to_string(RunStatus.RUNNING))
         return found
     run_id = client.create_run(exp, tags={k: str(v) for k, v in tags.items()},
                                run_name=run_name).info.run_id
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     winner = oldest() or run_id
     if winner != run_id:
         client.delete_run(run_id)
     return winner
+
+
+def close_run(tracking_uri: str, run_id: str, *, params: Mapping[str, Any] | None = None,
+              metrics: Mapping[str, float] | None = None, killed: bool = False) -> None:
+    """Log a summary on a run opened by :func:`open_shared_run` and end it: FINISHED, or
+    KILLED when the work under it was interrupted."""
+    logger = RunLogger(client_for(tracking_uri), run_id)
+    if params:
+        logger.log_params(params)
+    if metrics:
+        logger.log_metrics(metrics)
+    status = RunStatus.KILLED if killed else RunStatus.FINISHED
+    logger.client.set_terminated(run_id, RunStatus.to_string(status))
 
 
 def end_orphaned_run(tracking_uri: str, run_id: str, reason: str) -> bool:

@@ -121,6 +121,18 @@ class ReportOptions:
         return listed + rest
 
 
+def slug(text: str) -> str:
+    """A file-name-safe stem: ``digits:5-9@10`` -> ``digits_5-9_at10``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("@", "_at")).strip("_")
+
+
+def report_dir(results_dir: str | Path, experiment: str) -> Path:
+    """``<results>/report/<experiment>``, where a sweep and ``otbench report`` write an
+    experiment's report: one folder per suite, so two suites sharing a results folder do not
+    overwrite each other's report."""
+    return Path(results_dir) / "report" / slug(experiment)
+
+
 def split_task(task: str) -> tuple[str, int | None]:
     """``digits:5-9@10`` -> (``digits:5-9``, 10); no ``@N`` -> (task, None)."""
     match = _TASK.match(task)

@@ -11,7 +11,6 @@ own modules; this one only puts their parts in order.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from .figures import accuracy, diagnostics
 from .figures import studies as study_figures
 from .figures.style import save_figure
 from .html import FigureEntry, PageContent, render_page
-from .options import FORMATS, ReportOptions
+from .options import FORMATS, ReportOptions, slug
 from .tables import (
     Column,
     ResultTable,
@@ -144,11 +143,6 @@ def results_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
     keys = final.assign(**{f"_{k}": final[k].map(r) for k, r in ranks.items()})
     keys = keys.sort_values(["_scenario", "_task", "_entry", "_method", "seed"])
     return keys[columns].reset_index(drop=True)
-
-
-def slug(text: str) -> str:
-    """A file-name-safe stem: ``digits:5-9@10`` -> ``digits_5-9_at10``."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("@", "_at")).strip("_")
 
 
 def stem(column: Column) -> str:

@@ -6,6 +6,7 @@ simply has no such figures.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -15,10 +16,15 @@ import pandas as pd
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from otbench.sweeps.studies import STORAGE_ENV, with_installed_driver
+
 
 def default_storage(tracking_uri: str) -> str | None:
-    """The sweeps' default Optuna store sits beside the default MLflow one (``optuna.db``
-    next to ``mlflow.db``); used when no storage is given and that file exists."""
+    """The sweeps' Optuna storage when none is given: the one named by the sweeps'
+    environment variable, else the default store beside the default MLflow one
+    (``optuna.db`` next to ``mlflow.db``) when that file exists."""
+    if os.environ.get(STORAGE_ENV):
+        return with_installed_driver(os.environ[STORAGE_ENV])
     if not tracking_uri.startswith("sqlite:///"):
         return None
     path = Path(tracking_uri.removeprefix("sqlite:///")).with_name("optuna.db")

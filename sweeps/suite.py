@@ -98,11 +98,6 @@ class Suite:
     def max_failures(self) -> int:
         return self.budget.max_failures or self.budget.trials
 
-    @property
-    def report_dir(self) -> Path:
-        """Where the sweep writes its report."""
-        return Path(self.results_dir) / "report"
-
 
 def suite_source(ref: str) -> tuple[str, dict[str, Any]]:
     """``ref`` is a YAML path or a bundled suite's name; returns (display name, mapping)."""
