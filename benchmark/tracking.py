@@ -7,6 +7,7 @@ runs and worker processes never step on each other, and every run is closed with
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import platform
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -223,18 +225,20 @@ class RunLogger:
         """``model`` as an MLflow 3 logged model of this run (the run's "Logged models"),
         which ``mlflow.pytorch.load_model(f"models:/{model_id}")`` loads; returns its id.
         Built with the client's LoggedModel calls rather than ``mlflow.pytorch.log_model``,
-        which needs a global active run; the requirements are given, not inferred (a
-        second's import scan per model)."""
+        which needs a global active run; pickled (the default ``pt2`` export needs an input
+        example and fails on models it cannot trace), and the requirements given, not
+        inferred (a second's import scan per model)."""
         import mlflow.pytorch
-        import torch
 
         experiment = self.client.get_run(self.run_id).info.experiment_id
         logged = self.client.create_logged_model(experiment, name=name,
                                                  source_run_id=self.run_id)
         try:
-            with tempfile.TemporaryDirectory() as folder:
-                mlflow.pytorch.save_model(model, Path(folder) / "model", pip_requirements=[
-                    f"torch=={torch.__version__}", f"otbench=={otbench.__version__}"])
+            with tempfile.TemporaryDirectory() as folder, _quiet("mlflow.pytorch"):
+                mlflow.pytorch.save_model(model, Path(folder) / "model",
+                                          serialization_format="pickle",
+                                          pip_requirements=[f"{name}=={version(name)}"
+                                                            for name in ("torch", "otbench")])
                 self.client.log_model_artifacts(logged.model_id, str(Path(folder) / "model"))
         except BaseException:
             self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
@@ -242,6 +246,20 @@ class RunLogger:
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step)])
         return logged.model_id
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence a logger's warnings for a moment: MLflow warns on every pickled model that
+    pickles run code when loaded, which otbench's own models (loaded by their authors) are
+    chosen to do."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _param_value(value: Any) -> str:

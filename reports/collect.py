@@ -31,7 +31,8 @@ from .errors import ReportError, UnknownExperimentError
 
 #: Tags copied to columns of the same name, plus every ``version.*`` tag.
 TAG_COLUMNS = ("stage", "scenario", "scenario_id", "task", "method", "seed", "study", "trial",
-               "suite", "teacher", "student", "git_commit", "otbench_version", "failure_reason")
+               "suite", "teacher", "student", "model", "git_commit", "otbench_version",
+               "failure_reason")
 #: Run-config params that are not method hyper-parameters get this column prefix, so a param
 #: named like a tag (``scenario``, ``seed``) never collides with the tag's column.
 CONFIG_PREFIX = "config."

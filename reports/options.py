@@ -33,6 +33,9 @@ TESTS = ("welch", "wilcoxon")
 #: Table files a report can write (report.html is always written).
 FORMATS = ("md", "tex", "html", "csv")
 
+#: A class range's hyphen (``5-9``), shown as an en dash in every format.
+_CLASS_RANGE = re.compile(r"(?<=\d)-(?=\d)")
+EN_DASH = "\u2013"
 _TASK = re.compile(r"^(?P<family>.*?)(?:@(?P<per_class>\d+))?$")
 
 
@@ -55,6 +58,8 @@ class ReportOptions:
     scale: float = 100.0
     decimals: int = 1
     overhead: bool = True
+    #: ``\label`` of ``table.tex``; by default ``tab:<experiment>``.
+    latex_label: str | None = None
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -93,8 +98,8 @@ class ReportOptions:
         return self.scenario_names.get(scenario) or SCENARIO_NAMES.get(scenario, scenario)
 
     def task_label(self, task: str) -> str:
-        """``digits:5-9@10`` -> ``Digits 5-9 @10``, ``imagefolder=/data/CUB@30`` -> ``CUB @30``,
-        unless the task has its own name."""
+        """``digits:5-9@10`` -> ``Digits 5–9 @10`` (an en dash, which LaTeX gets as ``--``),
+        ``imagefolder=/data/CUB@30`` -> ``CUB @30``, unless the task has its own name."""
         if task in self.task_names:
             return self.task_names[task]
         family, per_class = split_task(task)
@@ -102,7 +107,7 @@ class ReportOptions:
         names = {**DATASET_NAMES, **self.dataset_names}
         folder = dataset.partition("imagefolder=")[2]  # a path: its last part names it
         name = names.get(dataset) or (PurePath(folder).name if folder else dataset)
-        label = name + (f" {classes}" if sep else "")
+        label = name + (f" {_CLASS_RANGE.sub(EN_DASH, classes)}" if sep else "")
         return label + (f" @{per_class}" if per_class is not None else "")
 
     # ------------------------------------------------------------------ order

@@ -10,7 +10,6 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.study import StudyDirection
@@ -47,14 +46,32 @@ def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if t.value is not None]
 
 
+def _pruned(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+            if t.intermediate_values]
+
+
 def trial_values(study: optuna.Study) -> pd.DataFrame:
-    """The completed trials' ``number`` and ``value`` and the ``best`` value so far (the
-    sweep's convergence)."""
-    trials = _completed(study)
-    values = np.array([t.value for t in trials], dtype=float)
-    best = (np.maximum if study.direction == StudyDirection.MAXIMIZE
-            else np.minimum).accumulate(values) if len(values) else values
-    return pd.DataFrame({"number": [t.number for t in trials], "value": values, "best": best})
+    """Per finished trial, by number: ``value`` (a pruned trial's last reported one),
+    ``pruned``, and the ``best`` completed value so far (the sweep's convergence; pruned
+    trials never set it)."""
+    rows = [(t.number, float(t.value), False) for t in _completed(study)]
+    rows += [(t.number, float(t.intermediate_values[max(t.intermediate_values)]), True)
+             for t in _pruned(study)]
+    frame = pd.DataFrame(sorted(rows), columns=["number", "value", "pruned"])
+    complete = frame.value.where(~frame.pruned)
+    best = complete.cummax() if study.direction == StudyDirection.MAXIMIZE else complete.cummin()
+    return frame.assign(best=best.ffill())
+
+
+def history_problem(study: optuna.Study) -> str | None:
+    """Why a study's sweep has nothing to plot (no search, a single trial), or None."""
+    finished = _completed(study) + _pruned(study)
+    if not any(t.distributions for t in finished):
+        return f"{len(finished)} finished trial(s) and no hyper-parameter searched"
+    if len(finished) < 2:
+        return f"{len(finished)} finished trial(s); a history needs at least 2"
+    return None
 
 
 def importance_problem(study: optuna.Study) -> str | None:
@@ -68,6 +85,9 @@ def importance_problem(study: optuna.Study) -> str | None:
                if len({repr(t.params.get(name)) for t in trials}) > 1]
     if not varying:
         return "no hyper-parameter varies across the completed trials"
+    if len(varying) == 1:
+        return (f"one hyper-parameter searched ({varying[0]}), whose share of the variance "
+                "is 1 by definition")
     if len({t.value for t in trials}) < 2:
         return "the objective is the same in every completed trial"
     return None
