@@ -19,11 +19,13 @@ from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlparse
 
 import yaml
 from filelock import FileLock
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no \r frames in logs
 
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunStatus, RunTag
@@ -97,6 +99,37 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None = 
         if found.tags.get(key) != value:
             client.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
+
+
+def download_artifact(client: MlflowClient, run_id: str, path: str, folder: str | Path) -> Path:
+    """Download one artifact of a run into ``folder``. MLflow stores a local store's artifact
+    location as an absolute path; when the results folder was moved or copied since, the
+    artifact is read from the same place relative to the store's folder instead."""
+    try:
+        return Path(client.download_artifacts(run_id, path, str(folder)))
+    except (OSError, MlflowException):
+        moved = _moved_artifact_uri(client, run_id)
+        if moved is None:
+            raise
+    from mlflow.artifacts import download_artifacts
+
+    return Path(download_artifacts(artifact_uri=f"{moved}/{path}", dst_path=str(folder)))
+
+
+def _moved_artifact_uri(client: MlflowClient, run_id: str) -> str | None:
+    """A local run's artifact folder, found under the SQLite store's folder (the experiment's
+    artifact root keeps its name, e.g. ``results/artifacts``), or None."""
+    if not client.tracking_uri.startswith("sqlite:///"):
+        return None
+    run = client.get_run(run_id)
+    root = client.get_experiment(run.info.experiment_id).artifact_location
+    if not (root.startswith("file://") and run.info.artifact_uri.startswith(root)):
+        return None
+    old_root = Path(urlparse(root).path)
+    relative = run.info.artifact_uri.removeprefix(root).lstrip("/")
+    moved = Path(client.tracking_uri.removeprefix("sqlite:///")).parent / old_root.name
+    candidate = moved / relative
+    return candidate.as_uri() if candidate.is_dir() else None
 
 
 def tags_where(tags: Mapping[str, Any]) -> str:

@@ -31,7 +31,7 @@ def _text(value: object) -> str:
     missing = value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
     if missing:
         return ""
-    return f"{value:.{DIGITS}g}" if isinstance(value, float) else str(value)
+    return str(float(f"{value:.{DIGITS}g}")) if isinstance(value, float) else str(value)
 
 
 def _setting_columns(final: pd.DataFrame) -> list[str]:

@@ -85,11 +85,11 @@ def importance_problem(study: optuna.Study) -> str | None:
                if len({repr(t.params.get(name)) for t in trials}) > 1]
     if not varying:
         return "no hyper-parameter varies across the completed trials"
+    if len({t.value for t in trials}) < 2:
+        return "the objective is the same in every completed trial"
     if len(varying) == 1:
         return (f"one hyper-parameter searched ({varying[0]}), whose share of the variance "
                 "is 1 by definition")
-    if len({t.value for t in trials}) < 2:
-        return "the objective is the same in every completed trial"
     return None
 
 
