@@ -245,15 +245,14 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", run_name: str | None = No
                                        probe_batch(task.val, task, cfg.probe_size))
     hooks = RunHooks(on_epoch, on_start)
     name = run_name or f"{cfg.scenario} {cfg.method} {cfg.task} seed{cfg.seed}"
-    return _train_logged(plan, runner, task, teacher, uri, (stage, name), parent_run_id, hooks,
+    return _train_logged(plan, runner, task, teacher, uri, stage, name, parent_run_id, hooks,
                          progress, recorder)
 
 
 def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
-                  stage_and_name: tuple[str, str], parent_run_id: str | None, hooks: RunHooks,
+                  stage: str, run_name: str, parent_run_id: str | None, hooks: RunHooks,
                   progress: bool, recorder: DiagnosticsRecorder | None) -> RunResult:
     cfg = plan.config
-    stage, run_name = stage_and_name
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
     resolved["student"] = plan.student_spec.name  # in transfer, the teacher's architecture
