@@ -216,9 +216,11 @@ class RunLogger:
     and many sweep workers share one database. ``flush_seconds=0`` writes at once.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 0.0) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 0.0,
+                 experiment_id: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
         self.flush_seconds = flush_seconds
         self.pending: list[Metric] = []
         self.last_flush = time.monotonic()
@@ -263,15 +265,15 @@ class RunLogger:
         inferred (a second's import scan per model)."""
         import mlflow.pytorch
 
-        experiment = self.client.get_run(self.run_id).info.experiment_id
-        logged = self.client.create_logged_model(experiment, name=name,
+        if self.experiment_id is None:
+            self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        logged = self.client.create_logged_model(self.experiment_id, name=name,
                                                  source_run_id=self.run_id)
         try:
             with tempfile.TemporaryDirectory() as folder, _quiet("mlflow.pytorch"):
                 mlflow.pytorch.save_model(model, Path(folder) / "model",
                                           serialization_format="pickle",
-                                          pip_requirements=[f"{name}=={version(name)}"
-                                                            for name in ("torch", "otbench")])
+                                          pip_requirements=model_requirements())
                 self.client.log_model_artifacts(logged.model_id, str(Path(folder) / "model"))
         except BaseException:
             self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
@@ -279,6 +281,12 @@ class RunLogger:
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step)])
         return logged.model_id
+
+
+@cache
+def model_requirements() -> list[str]:
+    """What a logged student needs to load: torch, and otbench for its model classes."""
+    return [f"{name}=={version(name)}" for name in ("torch", "otbench")]
 
 
 @contextmanager
@@ -313,7 +321,7 @@ def mlflow_run(tracking_uri: str, experiment: str, *, run_name: str, tags: Mappi
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp, tags=run_tags, run_name=run_name)
-    logger = RunLogger(client, run.info.run_id, METRIC_FLUSH_SECONDS)
+    logger = RunLogger(client, run.info.run_id, METRIC_FLUSH_SECONDS, exp)
     try:
         yield logger
         logger.flush()

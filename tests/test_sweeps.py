@@ -445,7 +445,9 @@ def assert_final_model_loads_with_mlflow(client: MlflowClient, run: Any) -> None
     from otbench.benchmark.models import build_model
 
     (output,) = run.outputs.model_outputs
-    loaded = mlflow.pytorch.load_model(f"models:/{output.model_id}")
+    logged = client.get_logged_model(output.model_id)  # MLflow 3's LoggedModel API
+    assert logged.source_run_id == run.info.run_id and str(logged.status) == "READY"
+    loaded = mlflow.pytorch.load_model(logged.artifact_location)
     reference = build_model("cnn-s", 5, 1)
     with tempfile.TemporaryDirectory() as folder:
         state = client.download_artifacts(run.info.run_id, "model.pt", folder)
