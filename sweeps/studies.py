@@ -214,16 +214,16 @@ def open_study(storage: RDBStorage, name: str, pruner: PrunerSettings | None) ->
 def describe_studies(study: optuna.Study, final: optuna.Study, spec: StudySpec, suite: str,
                      parent_run_id: str) -> None:
     """Name the objective (optuna-dashboard shows it instead of "Objective 0") and say what
-    a study is in its user attributes: which suite, scenario, method and MLflow parent run,
-    and, for a final stage, that its trials are seeds whose value is validation accuracy."""
-    about = {"suite": suite, "scenario": spec.plan.config.scenario, "entry": spec.entry,
+    a study is in its user attributes: which suite, scenario, task, method and MLflow parent
+    run; a final stage also says that its trials are seeds valued by validation accuracy.
+    Written once (each attribute is a storage write), checked on every later sweep."""
+    about = {"suite": suite, "scenario": spec.plan.config.scenario,
              "task": spec.plan.config.task, "method": spec.method,
              "mlflow_parent_run_id": parent_run_id}
-    roles = {study: ("search", "val_acc: validation accuracy of the trial's run"),
-             final: ("final seeds", "val_acc: validation accuracy of the seed's run; its test "
-                     "accuracy is the trial's test_acc attribute (do not pick by it)")}
-    for target, (role, objective) in roles.items():
-        for key, value in {**about, "role": role, "objective": objective}.items():
+    seeds = {"role": "final seeds", "objective": "val_acc: the seed's validation accuracy; "
+             "its test accuracy is the trial's test_acc attribute (never pick a seed by it)"}
+    for target, attrs in ((study, about), (final, {**about, **seeds})):
+        for key, value in attrs.items():
             if target.user_attrs.get(key) != value:
                 target.set_user_attr(key, value)
         if target.metric_names != ["val_acc"]:
