@@ -223,8 +223,9 @@ def describe_studies(study: optuna.Study, final: optuna.Study, spec: StudySpec, 
     seeds = {"role": "final seeds", "objective": "val_acc: the seed's validation accuracy; "
              "its test accuracy is the trial's test_acc attribute (never pick a seed by it)"}
     for target, attrs in ((study, about), (final, {**about, **seeds})):
+        current = target.user_attrs  # one storage read
         for key, value in attrs.items():
-            if target.user_attrs.get(key) != value:
+            if current.get(key) != value:
                 target.set_user_attr(key, value)
         if target.metric_names != ["val_acc"]:
             with experimental_ok():
