@@ -48,7 +48,7 @@ def load_reference(reference: str, uri: str) -> LoadedModel:
     try:
         params = client.get_run(reference).data.params
         with tempfile.TemporaryDirectory() as folder:
-            file = client.download_artifacts(reference, "model.pt", folder)
+            file = tracking.download_artifact(client, reference, "model.pt", folder)
             state = torch.load(file, map_location="cpu", weights_only=True)
     except MlflowException as err:
         raise ConfigError(f"{reference!r} is neither a teacher .pt file nor a run with a "

@@ -26,9 +26,17 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.1")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as --set device=…)")
     parser.add_argument("--results-dir", help="where caches and the MLflow store live")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under "
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "$MLFLOW_TRACKING_URI, else SQLite under "
                         "the results folder)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (off anyway "
+                        "when the output is not a terminal)")
+
+
+def progress_bars(quiet: bool) -> bool:
+    """Progress bars only when both outputs are terminals: in a log file their ``\\r``
+    frames are noise, and a finished run prints its one line anyway."""
+    return not quiet and sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def _resolved_config(args: argparse.Namespace):
@@ -48,11 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.evaluate_test = True
     plan = plan_run(cfg)  # validate names and pairings even when only printing
     if args.print_config:
-        resolved = cfg.model_dump()
+        resolved = {**cfg.model_dump(), "params": plan.params}  # the method's defaults filled in
         resolved["student"] = plan.student_spec.name  # in transfer, the teacher's architecture
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
         return 0
-    result = execute_run(cfg, progress=not args.quiet)
+    result = execute_run(cfg, progress=progress_bars(args.quiet))
     test = "" if result.test_acc is None else f"  test acc {result.test_acc:.4f}"
     val = "no validation (refit on train+val)" if cfg.refit else f"val acc {result.val_acc:.4f}"
     print(f"run {result.run_id}: {cfg.scenario} {cfg.method} on {cfg.task}: {val}{test}")
@@ -71,7 +79,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     teacher = get_teacher(request, device=device, data_dir=cfg.data_dir,
                           download=cfg.download, results_dir=cfg.results_dir,
                           tracking_uri=tracking_uri_for(cfg.tracking_uri, cfg.results_dir),
-                          experiment=cfg.experiment, progress=not args.quiet)
+                          experiment=cfg.experiment, progress=progress_bars(args.quiet))
     print(f"teacher {cfg.teacher.model} on {request.task}: {teacher.source}")
     return 0
 
@@ -164,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "methods, else on those a --plugin registers, else on all")
     run = sub.choices["run"]
     run.add_argument("--print-config", action="store_true", help="print the resolved config "
-                     "and exit")
+                     "(with the method's parameters, defaults filled in) and exit")
     run.add_argument("--test", action="store_true", help="also score on the test split")
     _add_analyze_command(sub)
     add_sweep_command(sub)

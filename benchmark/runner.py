@@ -225,13 +225,22 @@ def protocol(cfg: RunConfig, stage: str) -> str:
     return f"{chosen}{data}{test}"
 
 
+#: Stages whose student is also logged as an MLflow model (a sweep's trials keep only the
+#: state_dict: nobody loads a searched candidate, and each model costs a store round trip).
+MODEL_STAGES = ("run", "final")
+
+
 def _log_files(run: tracking.RunLogger, model: nn.Module | None,
-               recorder: DiagnosticsRecorder | None) -> None:
-    """The trained student (for ``otbench analyze``) and the diagnostics' matchings."""
+               recorder: DiagnosticsRecorder | None, *, stage: str, step: int) -> None:
+    """The trained student as ``model.pt`` (the state_dict ``otbench analyze`` reads) and, for
+    :data:`MODEL_STAGES`, as an MLflow model (on the CPU, so any machine loads it); the
+    diagnostics' matchings."""
     with tempfile.TemporaryDirectory() as folder:
         if model is not None:
             torch.save(model.state_dict(), Path(folder) / "model.pt")
             run.log_file(Path(folder) / "model.pt")
+            if stage in MODEL_STAGES:
+                run.log_pytorch_model(copy.deepcopy(model).cpu().eval(), step=step)
         if recorder is not None:
             run.log_file(recorder.save(Path(folder) / "diagnostics.npz"))
 
@@ -244,7 +253,8 @@ def run_tags(plan: RunPlan, stage: str) -> dict[str, str]:
                                   protocol=protocol(cfg, stage), **cfg.tags)
 
 
-def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None = None,
+def execute_run(cfg: RunConfig, *, stage: str = "run", run_name: str | None = None,
+                parent_run_id: str | None = None,
                 on_epoch: Callable[[EpochLog], None] | None = None,
                 on_start: Callable[[str], None] | None = None,
                 progress: bool = True) -> RunResult:
@@ -252,6 +262,8 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
 
     ``on_start`` receives the MLflow run id once the run exists (a sweep records it, so a
     run whose worker died can be closed later); ``on_epoch`` may raise to stop the run.
+    ``run_name`` defaults to the run's scenario, method, task and seed (a sweep names its
+    children by trial and seed, under a parent run that names the study).
     """
     plan = plan_run(cfg)
     check_results_dir(cfg.results_dir)
@@ -290,20 +302,20 @@ def execute_run(cfg: RunConfig, *, stage: str = "run", parent_run_id: str | None
     if cfg.refit:
         task = refit_data(task)
     hooks = RunHooks(on_epoch, on_start)
-    return _train_logged(plan, runner, task, teacher, uri, stage, parent_run_id, hooks,
+    name = run_name or f"{cfg.scenario} {cfg.method} {cfg.task} seed{cfg.seed}"
+    return _train_logged(plan, runner, task, teacher, uri, stage, name, parent_run_id, hooks,
                          progress, recorder, notes)
 
 
 def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teacher, uri: str,
-                  stage: str, parent_run_id: str | None, hooks: RunHooks,
+                  stage: str, run_name: str, parent_run_id: str | None, hooks: RunHooks,
                   progress: bool, recorder: DiagnosticsRecorder | None,
                   notes: list[str]) -> RunResult:
     cfg = plan.config
     resolved = cfg.model_dump()
     resolved["params"] = plan.params
     resolved["student"] = plan.student_spec.name  # in transfer, the teacher's architecture
-    with tracking.mlflow_run(uri, cfg.experiment, run_name=f"{cfg.scenario} {cfg.method} "
-                             f"{cfg.task} seed{cfg.seed}", tags=run_tags(plan, stage),
+    with tracking.mlflow_run(uri, cfg.experiment, run_name=run_name, tags=run_tags(plan, stage),
                              artifact_root=Path(cfg.results_dir) / "artifacts",
                              parent_run_id=parent_run_id) as run:
         if hooks.on_start is not None:
@@ -344,7 +356,8 @@ def _train_logged(plan: RunPlan, runner: Student, task: TaskData, teacher: Teach
         if test_acc is not None:
             final["test/acc"] = test_acc
         run.log_metrics(final, step=cfg.train.epochs)
-        _log_files(run, runner.model if cfg.save_model else None, recorder)
+        _log_files(run, runner.model if cfg.save_model else None, recorder, stage=stage,
+                   step=cfg.train.epochs)
     return RunResult(run.run_id, val_acc, test_acc, history, loop_seconds)
 
 

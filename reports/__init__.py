@@ -8,10 +8,10 @@ does not load pandas, matplotlib and MLflow for every other command.
 from typing import Any
 
 from .errors import NoFinalRunsError, ReportError, UnknownExperimentError
-from .options import FORMATS, ReportOptions
+from .options import FORMATS, ReportOptions, report_dir
 
 __all__ = ["FORMATS", "NoFinalRunsError", "ReportError", "ReportOptions",
-           "UnknownExperimentError", "write_report"]
+           "UnknownExperimentError", "report_dir", "write_report"]
 
 
 def __getattr__(name: str) -> Any:

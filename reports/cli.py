@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .errors import ReportError
-from .options import FORMATS, ReportOptions
+from .options import FORMATS, ReportOptions, report_dir
 
 DEFAULT_RESULTS_DIR = "results"
 
@@ -16,13 +16,16 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help=help_text, description=help_text)
     parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
                         help="where the MLflow store lives (default: %(default)s)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under "
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "$MLFLOW_TRACKING_URI, else SQLite under "
                         "the results folder)")
     parser.add_argument("--experiment", help="experiment (suite) name; default: the only "
                         "one in the store")
-    parser.add_argument("--out", help="report folder (default: RESULTS_DIR/report)")
+    parser.add_argument("--out", help="report folder (default: RESULTS_DIR/report/EXPERIMENT, "
+                        "one per suite)")
     parser.add_argument("--storage", help="Optuna storage URL for sweep plots (default: "
-                        "optuna.db beside a SQLite tracking store, when present)")
+                        "$OTBENCH_OPTUNA_STORAGE, else optuna.db beside a SQLite tracking "
+                        "store, when present)")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help="table files to write, comma-separated (default: %(default)s)")
     parser.add_argument("--options", help="YAML file of report options: display names, "
@@ -37,7 +40,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     uri = tracking_uri_for(args.tracking_uri, args.results_dir)
     experiment = args.experiment or only_experiment(uri)
-    out = Path(args.out) if args.out else Path(args.results_dir) / "report"
+    out = Path(args.out) if args.out else report_dir(args.results_dir, experiment)
     options = ReportOptions.from_yaml(args.options) if args.options else None
     page = write_report(uri, experiment, out, storage=args.storage, formats=args.format,
                         options=options)

@@ -24,15 +24,15 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run, ViewType
 
-from otbench.benchmark.tracking import tags_where
+from otbench.benchmark.tracking import download_artifact, tags_where
 from otbench.errors import closest
 
 from .errors import ReportError, UnknownExperimentError
 
 #: Tags copied to columns of the same name, plus every ``version.*`` tag.
 TAG_COLUMNS = ("stage", "scenario", "scenario_id", "task", "method", "seed", "study", "trial",
-               "suite", "teacher", "student", "git_commit", "otbench_version", "failure_reason",
-               "protocol")
+               "suite", "teacher", "student", "model", "git_commit", "otbench_version",
+               "failure_reason", "protocol")
 #: Run-config params that are not method hyper-parameters get this column prefix, so a param
 #: named like a tag (``scenario``, ``seed``) never collides with the tag's column.
 CONFIG_PREFIX = "config."
@@ -256,7 +256,7 @@ def load_plans(client: MlflowClient, run_id: str
     """The first and last plans per layer of one run's ``diagnostics.npz``, in the file's
     (configured) layer order, and the epochs they were recorded at."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(client.download_artifacts(run_id, DIAGNOSTICS_ARTIFACT, folder))
+        path = download_artifact(client, run_id, DIAGNOSTICS_ARTIFACT, folder)
         with np.load(path) as data:
             epochs = data["epochs"]
             plans = {name.removeprefix("plan_first/"):

@@ -36,6 +36,9 @@ TESTS = {"paired-t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
 #: Table files a report can write (report.html is always written).
 FORMATS = ("md", "tex", "html", "csv")
 
+#: A class range's hyphen (``5-9``), shown as an en dash in every format.
+_CLASS_RANGE = re.compile(r"(?<=\d)-(?=\d)")
+EN_DASH = "\u2013"
 _TASK = re.compile(r"^(?P<family>.*?)(?:@(?P<per_class>\d+))?$")
 
 
@@ -58,6 +61,8 @@ class ReportOptions:
     scale: float = 100.0
     decimals: int = 1
     overhead: bool = True
+    #: ``\label`` of ``table.tex``; by default ``tab:<experiment>``.
+    latex_label: str | None = None
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -96,8 +101,8 @@ class ReportOptions:
         return self.scenario_names.get(scenario) or SCENARIO_NAMES.get(scenario, scenario)
 
     def task_label(self, task: str) -> str:
-        """``digits:5-9@10`` -> ``Digits 5-9 @10``, ``imagefolder=/data/CUB@30`` -> ``CUB @30``,
-        unless the task has its own name."""
+        """``digits:5-9@10`` -> ``Digits 5–9 @10`` (an en dash, which LaTeX gets as ``--``),
+        ``imagefolder=/data/CUB@30`` -> ``CUB @30``, unless the task has its own name."""
         if task in self.task_names:
             return self.task_names[task]
         family, per_class = split_task(task)
@@ -105,7 +110,7 @@ class ReportOptions:
         names = {**DATASET_NAMES, **self.dataset_names}
         folder = dataset.partition("imagefolder=")[2]  # a path: its last part names it
         name = names.get(dataset) or (PurePath(folder).name if folder else dataset)
-        label = name + (f" {classes}" if sep else "")
+        label = name + (f" {_CLASS_RANGE.sub(EN_DASH, classes)}" if sep else "")
         return label + (f" @{per_class}" if per_class is not None else "")
 
     # ------------------------------------------------------------------ order
@@ -122,6 +127,18 @@ class ReportOptions:
         listed = [t for t in self.task_order if t in present]
         rest = sorted(present - set(listed), key=_task_sort_key)
         return listed + rest
+
+
+def slug(text: str) -> str:
+    """A file-name-safe stem: ``digits:5-9@10`` -> ``digits_5-9_at10``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("@", "_at")).strip("_")
+
+
+def report_dir(results_dir: str | Path, experiment: str) -> Path:
+    """``<results>/report/<experiment>``, where a sweep and ``otbench report`` write an
+    experiment's report: one folder per suite, so two suites sharing a results folder do not
+    overwrite each other's report."""
+    return Path(results_dir) / "report" / slug(experiment)
 
 
 def split_task(task: str) -> tuple[str, int | None]:

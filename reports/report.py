@@ -11,7 +11,7 @@ own modules; this one only puts their parts in order.
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
+from otbench.benchmark.config import SCENARIOS
 from otbench.errors import ConfigError
 
 from . import ranks, representation, settings, studies
@@ -38,9 +39,9 @@ from .collect import (
 from .errors import NoFinalRunsError
 from .figures import accuracy, diagnostics
 from .figures import studies as study_figures
-from .figures.style import save_figure
+from .figures.style import method_palette, save_figure
 from .html import FigureEntry, PageContent, render_page
-from .options import FORMATS, ReportOptions
+from .options import FORMATS, ReportOptions, slug
 from .tables import (
     Column,
     ResultTable,
@@ -84,6 +85,8 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
                   formats: Iterable[str] | str,
                   options: ReportOptions | Mapping[str, Any] | None) -> Path:
     opts = options if isinstance(options, ReportOptions) else ReportOptions.from_mapping(options)
+    if opts.latex_label is None:  # two suites' tables in one paper get two labels
+        opts = dataclasses.replace(opts, latex_label=f"tab:{slug(experiment)}")
     wanted = check_formats(formats)
     client = open_client(tracking_uri)
     exp = find_experiment(client, experiment)
@@ -102,11 +105,12 @@ def _write_report(tracking_uri: str, experiment: str, out: Path, storage: str | 
     write_tables(table, runs, out, wanted)
     figures_dir = out / "figures"
     storage = storage or studies.default_storage(tracking_uri)
-    figures, notes = result_figures(runs, histories, table, figures_dir)
-    rank_figures, rank_notes, rank_texts = ranks.rank_section(table, out, "csv" in wanted)
-    diag_figures, diag_notes, diag_texts = representation_section(
-        client, final, table, out, "csv" in wanted)
-    sweep_figures, study_notes = study_figures_for(runs, storage, figures_dir)
+    with method_palette(runs.method.dropna().astype(str)):
+        figures, notes = result_figures(runs, histories, table, figures_dir)
+        rank_figures, rank_notes, rank_texts = ranks.rank_section(table, out, "csv" in wanted)
+        diag_figures, diag_notes, diag_texts = representation_section(
+            client, final, table, out, "csv" in wanted)
+        sweep_figures, study_notes = study_figures_for(runs, storage, figures_dir)
     content = PageContent(
         title=f"otbench report: {experiment}",
         facts=_facts(tracking_uri, experiment, storage, runs, final),
@@ -158,11 +162,6 @@ def results_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
     return keys[columns].reset_index(drop=True)
 
 
-def slug(text: str) -> str:
-    """A file-name-safe stem: ``digits:5-9@10`` -> ``digits_5-9_at10``."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("@", "_at")).strip("_")
-
-
 def stem(column: Column) -> str:
     """A column's file stem; the entry is named only when it is not just the scenario."""
     parts = [column.scenario] + ([column.entry] if column.entry != column.scenario else [])
@@ -176,8 +175,9 @@ def _entry(section: str, caption: str, fig: Figure, folder: Path, name: str) -> 
 
 def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTable,
                    folder: Path) -> tuple[list[FigureEntry], list[str]]:
-    """Bars per scenario, curves per cell column, accuracy vs. samples per task family, OT's
-    sensitivity to its weight; notes say what could not be drawn."""
+    """Bars per scenario, curves per cell column, accuracy vs. samples per task family, each
+    method's sensitivity to every hyper-parameter its sweep searched; notes say what could
+    not be drawn."""
     opts = table.options
     final = final_results(runs, opts)
     entries = []
@@ -198,20 +198,24 @@ def result_figures(runs: pd.DataFrame, histories: pd.DataFrame, table: ResultTab
             "training samples per class", accuracy.accuracy_vs_samples(table, scenario, family),
             folder, f"samples_{slug(scenario)}_{slug(family)}"))
     notes = []
-    reference = opts.method_label(opts.reference)
     for column in table.columns:
-        if accuracy.sensitivity_data(runs, column, opts.reference).empty:
-            notes.append(f"{table.title(column)}: no finished {reference} sweep trial with a "
-                         "weight; no sensitivity plot.")
-            continue
-        entries.append(_entry(
-            f"{reference} sensitivity to its weight",
-            f"{table.title(column)}: {reference} validation accuracy over sweep trials vs. "
-            "weight", accuracy.sensitivity(runs, table, column, opts.reference), folder,
-            f"sensitivity_{stem(column)}"))
+        for method in table.methods:
+            label = opts.method_label(method)
+            searched = accuracy.searched_params(runs, column, method)
+            if not searched and method == opts.reference:
+                notes.append(f"{table.title(column)}: no finished {label} sweep trials with a "
+                             "searched hyper-parameter; no sensitivity plot.")
+            for param in searched:
+                name = param.removeprefix(HPARAM_PREFIX)
+                entries.append(_entry(
+                    SENSITIVITY_SECTION, f"{table.title(column)}: {label} validation accuracy "
+                    f"over sweep trials vs. {name}",
+                    accuracy.sensitivity(runs, table, column, method, param), folder,
+                    f"sensitivity_{stem(column)}_{slug(method)}_{slug(name)}"))
     return entries, notes
 
 
+SENSITIVITY_SECTION = "Sensitivity to the searched hyper-parameters"
 DIAG_SECTION = "Representation diagnostics"
 DIAG_CSV = "diagnostics.csv"
 
@@ -270,9 +274,11 @@ def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, folder: P
                  ) -> tuple[list[FigureEntry], list[str]]:
     """Heat maps of one OT run at its deepest layer (the one the accuracy scatter uses; the
     curves show every layer's matching stability): the first seed's, in the first column
-    whose plans can be read; a note for each column tried before, or when there is none."""
+    whose plans can be read, columns trained from scratch (distill, cross) first: in transfer
+    the student starts as the teacher and its plan is the identity, which shows no
+    re-allocation; a note for each column tried before, or when there is none."""
     notes = []
-    for column in table.columns:
+    for column in plan_columns(table):
         name = table.title(column)
         runs = final[in_column(final, column)]
         ot_runs = runs[runs.method == "ot"].sort_values("seed")
@@ -301,6 +307,12 @@ def _plan_figure(client: Any, final: pd.DataFrame, table: ResultTable, folder: P
     return [], notes or ["No final OT run: no transport-plan heat map."]
 
 
+def plan_columns(table: ResultTable) -> list[Column]:
+    """The table's columns, those whose student starts from scratch first (stable order)."""
+    return sorted(table.columns, key=lambda c: SCENARIOS.get(c.scenario, {}).get(
+        "starts_from_teacher", False))
+
+
 def study_figures_for(runs: pd.DataFrame, storage: str | None, folder: Path
                       ) -> tuple[list[FigureEntry], list[str]]:
     """History and importances of every study the runs name, from the Optuna storage."""
@@ -315,6 +327,10 @@ def study_figures_for(runs: pd.DataFrame, storage: str | None, folder: Path
     entries = []
     for name, study in found.items():
         method = str(methods.get(name, ""))
+        problem = studies.history_problem(study)
+        if problem is not None:
+            notes.append(f"Study {name!r}: no history or importance plot ({problem}).")
+            continue
         entries.append(_entry(
             "Sweeps: optimization history", name,
             study_figures.history_figure(studies.trial_values(study), name, method), folder,
@@ -344,6 +360,8 @@ def _context_tables(runs: pd.DataFrame, final: pd.DataFrame,
     tables = [("Settings shared by every final run", settings.shared_settings(final)),
               ("Chosen hyper-parameters and per-cell settings",
                settings.per_cell_settings(final, opts)),
+              ("Teachers (their own runs, scored on their source task)",
+               settings.teachers(runs, opts)),
               ("Software and git commits (all runs)", settings.software(runs)),
               ("Runs per stage and status", settings.run_counts(runs))]
     failed = settings.failures(runs)

@@ -21,10 +21,17 @@ _NOT_SETTINGS = {*(CONFIG_PREFIX + t for t in ("scenario", "task", "method", "se
 _NOT_SETTINGS_PREFIXES = (CONFIG_PREFIX + "tags.",)
 
 
+#: Significant digits of a float setting as shown (a searched 0.8870568443732516 is 0.8871).
+DIGITS = 4
+
+
 def _text(value: object) -> str:
-    """A setting as shown; missing (None, NaN, pandas' NA) shows as nothing."""
+    """A setting as shown; missing (None, NaN, pandas' NA) shows as nothing, a float with
+    :data:`DIGITS` significant digits."""
     missing = value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-    return "" if missing else str(value)
+    if missing:
+        return ""
+    return str(float(f"{value:.{DIGITS}g}")) if isinstance(value, float) else str(value)
 
 
 def _setting_columns(final: pd.DataFrame) -> list[str]:
@@ -63,6 +70,28 @@ def per_cell_settings(final: pd.DataFrame, options: ReportOptions) -> pd.DataFra
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.loc[:, (frame != "").any(axis=0)]  # drop columns empty in every row
+
+
+def teachers(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """Each teacher trained for this experiment: model, source task and its accuracies (%),
+    the ceiling a distilled student is read against."""
+    columns = ["model", "task", "val. accuracy (%)", "test accuracy (%)"]
+    if "stage" not in runs:
+        return pd.DataFrame(columns=columns)
+    done = runs[(runs.stage == "teacher") & (runs.status == "FINISHED")]
+    rows = []
+    for _, run in done.sort_values("task").iterrows():
+        rows.append({"model": _text(run.get("model")),
+                     "task": options.task_label(str(run.task)),
+                     "val. accuracy (%)": _percent(run.get("val/acc_final"), options),
+                     "test accuracy (%)": _percent(run.get("test/acc"), options)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _percent(value: object, options: ReportOptions) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    return f"{float(value) * 100:.{options.decimals}f}"
 
 
 def software(runs: pd.DataFrame) -> pd.DataFrame:

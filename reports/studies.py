@@ -6,19 +6,25 @@ simply has no such figures.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from otbench.benchmark.tracking import with_installed_driver
+from otbench.sweeps.studies import STORAGE_ENV
+
 
 def default_storage(tracking_uri: str) -> str | None:
-    """The sweeps' default Optuna store sits beside the default MLflow one (``optuna.db``
-    next to ``mlflow.db``); used when no storage is given and that file exists."""
+    """The sweeps' Optuna storage when none is given: the one named by the sweeps'
+    environment variable, else the default store beside the default MLflow one
+    (``optuna.db`` next to ``mlflow.db``) when that file exists."""
+    if os.environ.get(STORAGE_ENV):
+        return with_installed_driver(os.environ[STORAGE_ENV])
     if not tracking_uri.startswith("sqlite:///"):
         return None
     path = Path(tracking_uri.removeprefix("sqlite:///")).with_name("optuna.db")
@@ -41,14 +47,32 @@ def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if t.value is not None]
 
 
+def _pruned(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+            if t.intermediate_values]
+
+
 def trial_values(study: optuna.Study) -> pd.DataFrame:
-    """The completed trials' ``number`` and ``value`` and the ``best`` value so far (the
-    sweep's convergence)."""
-    trials = _completed(study)
-    values = np.array([t.value for t in trials], dtype=float)
-    best = (np.maximum if study.direction == StudyDirection.MAXIMIZE
-            else np.minimum).accumulate(values) if len(values) else values
-    return pd.DataFrame({"number": [t.number for t in trials], "value": values, "best": best})
+    """Per finished trial, by number: ``value`` (a pruned trial's last reported one),
+    ``pruned``, and the ``best`` completed value so far (the sweep's convergence; pruned
+    trials never set it)."""
+    rows = [(t.number, float(t.value), False) for t in _completed(study)]
+    rows += [(t.number, float(t.intermediate_values[max(t.intermediate_values)]), True)
+             for t in _pruned(study)]
+    frame = pd.DataFrame(sorted(rows), columns=["number", "value", "pruned"])
+    complete = frame.value.where(~frame.pruned)
+    best = complete.cummax() if study.direction == StudyDirection.MAXIMIZE else complete.cummin()
+    return frame.assign(best=best.ffill())
+
+
+def history_problem(study: optuna.Study) -> str | None:
+    """Why a study's sweep has nothing to plot (no search, a single trial), or None."""
+    finished = _completed(study) + _pruned(study)
+    if not any(t.distributions for t in finished):
+        return f"{len(finished)} finished trial(s) and no hyper-parameter searched"
+    if len(finished) < 2:
+        return f"{len(finished)} finished trial(s); a history needs at least 2"
+    return None
 
 
 def importance_problem(study: optuna.Study) -> str | None:
@@ -64,6 +88,9 @@ def importance_problem(study: optuna.Study) -> str | None:
         return "no hyper-parameter varies across the completed trials"
     if len({t.value for t in trials}) < 2:
         return "the objective is the same in every completed trial"
+    if len(varying) == 1:
+        return (f"one hyper-parameter searched ({varying[0]}), whose share of the variance "
+                "is 1 by definition")
     return None
 
 

@@ -33,21 +33,24 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=1, help="local worker processes "
                         "sharing the studies (default 1)")
     parser.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db "
-                        "to share studies between machines (default: SQLite under the "
-                        "results folder)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under "
-                        "the results folder)")
+                        "to share studies between machines (default: $OTBENCH_OPTUNA_STORAGE, "
+                        "else SQLite under the results folder)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                        "$MLFLOW_TRACKING_URI, else SQLite under the results folder)")
     parser.add_argument("--results-dir", help="where caches, stores and the report go")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dry-run", action="store_true", help="print the studies, their "
                         "search spaces and budgets, then exit (nothing trained or written)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-trial "
-                        "lines; the summary only")
+                        "lines; the summary only (bars are off anyway when the output is not "
+                        "a terminal)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .driver import collect, log_results, prepare, run_workers
-    from .studies import default_storage_url, quiet_optuna
+    from otbench.benchmark.cli import progress_bars
+
+    from .driver import abandon_parents, close_parents, collect, prepare, run_workers
+    from .studies import quiet_optuna, storage_url_for
     from .suite import load_suite
     from .worker import WorkerJob
 
@@ -58,21 +61,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                               "device": args.device}.items()
                 if value is not None}
     suite = load_suite(args.suite, settings)
-    storage_url = args.storage or default_storage_url(suite.results_dir)
+    storage_url = storage_url_for(args.storage, suite.results_dir)
     if args.dry_run:
         print_plan(suite, storage_url)
         return 0
     quiet_optuna()
+    parents: dict[str, str] = {}
     try:
-        parents = prepare(suite, storage_url, progress=not args.quiet)
+        parents = prepare(suite, storage_url, progress=progress_bars(args.quiet))
         job = WorkerJob(args.suite, settings, storage_url, parents, workers=args.workers,
-                        progress=not args.quiet and args.workers == 1, verbose=not args.quiet)
+                        progress=progress_bars(args.quiet) and args.workers == 1,
+                        verbose=not args.quiet)
         failed_workers = run_workers(job)
     except KeyboardInterrupt:
+        abandon_parents(suite, parents)
         print("otbench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     results = collect(suite, storage_url)
-    log_results(suite, parents, results)
+    close_parents(suite, parents, results)
     print_results(results)
     report = write_report(suite, storage_url) if any(r.tests for r in results) else None
     if report is not None:
@@ -170,9 +176,10 @@ def print_results(results: list[StudyResult]) -> None:
 
 
 def write_report(suite: Suite, storage_url: str) -> Path | None:
-    """The report under ``<results_dir>/report`` (with Optuna plots from the sweep's
-    storage), when the reports package provides it; returns ``report.html``'s path."""
+    """The report under ``<results_dir>/report/<experiment>`` (with Optuna plots from the
+    sweep's storage), when the reports package provides it; returns ``report.html``'s path."""
     try:
+        from otbench.reports import report_dir
         from otbench.reports import write_report as write
     except ImportError:
         return None
@@ -181,8 +188,8 @@ def write_report(suite: Suite, storage_url: str) -> Path | None:
     from .studies import with_installed_driver
 
     return write(tracking_uri_for(suite.tracking_uri, suite.results_dir), suite.experiment,
-                 suite.report_dir, storage=with_installed_driver(storage_url),
-                 options=dict(suite.report))
+                 report_dir(suite.results_dir, suite.experiment),
+                 storage=with_installed_driver(storage_url), options=dict(suite.report))
 
 
 def exit_code(results: list[StudyResult], failed_workers: int) -> int:

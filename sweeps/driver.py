@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -25,11 +26,18 @@ from otbench.benchmark.data import select_task
 from otbench.benchmark.data_warnings import small_data_warnings
 from otbench.benchmark.runner import run_tags
 from otbench.benchmark.teachers import close_orphaned_teacher_runs, get_teacher
-from otbench.benchmark.tracking import RunLogger, client_for, ensure_run, tracking_uri_for
+from otbench.benchmark.tracking import close_run, open_shared_run, tracking_uri_for
 
 from . import final
 from .space import Space
-from .studies import Counts, count, make_storage, open_study, overhead_seconds
+from .studies import (
+    Counts,
+    count,
+    describe_studies,
+    make_storage,
+    open_study,
+    overhead_seconds,
+)
 from .suite import Suite
 from .worker import WorkerJob, run_worker
 
@@ -41,10 +49,12 @@ class StudyResult:
     counts: Counts
     tests: list[float]
     overheads: list[float]  # seconds per completed trial and final run outside its epoch loop
+    chosen: tuple[int, dict[str, Any]] | None  # (trial number, params) the final stage trains
 
 
 def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]:
-    """Create the shared state; returns each study's MLflow parent run id."""
+    """Create the shared state; returns each study's MLflow parent run id. A parent run is
+    RUNNING from here until :func:`close_parents` sums its study up."""
     if suite.threads is not None:
         torch.set_num_threads(suite.threads)  # teachers train here
     warn_small_data(suite)
@@ -52,14 +62,16 @@ def prepare(suite: Suite, storage_url: str, *, progress: bool) -> dict[str, str]
     storage = make_storage(storage_url, suite.heartbeat, uri)
     parents = {}
     for spec in suite.studies:
+        tags = {k: v for k, v in run_tags(spec.plan, "study").items() if k != "seed"}
+        parents[spec.name] = open_shared_run(uri, suite.experiment, run_name=spec.name,
+                                             tags=tags,
+                                             key={"stage": "study", "study": spec.name},
+                                             artifact_root=Path(suite.results_dir) / "artifacts")
         study = open_study(storage, spec.name, suite.pruner)
         if not study.get_trials(deepcopy=False):
             queue_defaults(study, spec.space)
-        open_study(storage, final.study_name(spec.name), None)
-        parents[spec.name] = ensure_run(uri, suite.experiment, run_name=spec.name,
-                                        tags=run_tags(spec.plan, "study"),
-                                        key={"stage": "study", "study": spec.name},
-                                        artifact_root=Path(suite.results_dir) / "artifacts")
+        describe_studies(study, open_study(storage, final.study_name(spec.name), None),
+                         spec, suite.name, parents[spec.name])
     close_orphaned_teacher_runs(uri, suite.experiment)
     prepare_teachers(suite, uri, progress=progress)
     return parents
@@ -141,16 +153,19 @@ def collect(suite: Suite, storage_url: str) -> list[StudyResult]:
         study = open_study(storage, spec.name, suite.pruner)
         final_study = open_study(storage, final.study_name(spec.name), None)
         trials = study.get_trials(deepcopy=False)
+        final_trials = final_study.get_trials(deepcopy=False)
         results.append(StudyResult(spec.name, spec.trials, count(trials),
                                    final.test_accuracies(final_study),
-                                   overhead_seconds(trials + final_study.get_trials(
-                                       deepcopy=False))))
+                                   overhead_seconds(trials + final_trials),
+                                   final.chosen_params(study, final_trials)))
     return results
 
 
-def log_results(suite: Suite, parents: Mapping[str, str], results: list[StudyResult]) -> None:
-    """Counts and the best validation accuracy on each study's MLflow parent run."""
-    client = client_for(tracking_uri_for(suite.tracking_uri, suite.results_dir))
+def close_parents(suite: Suite, parents: Mapping[str, str], results: list[StudyResult]) -> None:
+    """Sum each study up on its MLflow parent run and end it: the trial counts, the best
+    trial (``best.trial``, ``best.<param>``) and validation accuracy, and the final runs'
+    test accuracy (mean, std, n)."""
+    uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
     for result in results:
         metrics = {"trials/finished": result.counts.finished,
                    "trials/pruned": result.counts.pruned, "trials/failed": result.counts.failed}
@@ -158,4 +173,20 @@ def log_results(suite: Suite, parents: Mapping[str, str], results: list[StudyRes
             metrics["val/acc_best"] = result.counts.best
         if result.overheads:
             metrics["trials/overhead_median_s"] = statistics.median(result.overheads)
-        RunLogger(client, parents[result.name]).log_metrics(metrics)
+        if result.tests:
+            metrics.update({"test/acc_mean": statistics.mean(result.tests),
+                            "test/acc_n": len(result.tests)})
+            if len(result.tests) > 1:
+                metrics["test/acc_std"] = statistics.stdev(result.tests)
+        params = {}
+        if result.chosen is not None:
+            number, chosen = result.chosen
+            params = {"best.trial": number, **{f"best.{k}": v for k, v in chosen.items()}}
+        close_run(uri, parents[result.name], params=params, metrics=metrics)
+
+
+def abandon_parents(suite: Suite, parents: Mapping[str, str]) -> None:
+    """End the parent runs of an interrupted sweep KILLED (a rerun opens them again)."""
+    uri = tracking_uri_for(suite.tracking_uri, suite.results_dir)
+    for run_id in parents.values():
+        close_run(uri, run_id, killed=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import ClassVar
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -17,7 +19,7 @@ from .trials import (
     State,
     StudyWork,
     Worker,
-    finished_run_metric,
+    finished_run_metrics,
     record_loop_time,
     recorded_failure,
     run_one,
@@ -27,7 +29,10 @@ from .trials import (
 
 
 class TrialPruned(RunStopped):
-    """Raised from the epoch hook: the MLflow run ends KILLED, the Optuna trial PRUNED."""
+    """Raised from the epoch hook: the MLflow run ends FINISHED with the tag ``pruned``
+    (not KILLED, which marks a dead worker), the Optuna trial PRUNED."""
+
+    tags: ClassVar[Mapping[str, str]] = {"pruned": "true"}
 
 
 def state(worker: Worker, work: StudyWork) -> State:
@@ -58,9 +63,9 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
     if len(ahead) >= work.spec.trials:
         skip(trial, "the budget was claimed by other workers' trials")
     params = suggest(trial, work.spec.space)
-    reused = finished_run_metric(worker, trial, "val/acc_final")
-    if reused is not None:
-        return reused
+    reused = finished_run_metrics(worker, trial)
+    if reused is not None and "val/acc_final" in reused:
+        return reused["val/acc_final"]
     # Nothing reads a trial's diagnostics (the report uses final runs): off unless asked.
     cfg = work.spec.run_config(params, tags={"trial": str(trial.number)},
                                diagnostics=worker.suite.trial_diagnostics)
@@ -73,7 +78,8 @@ def objective(worker: Worker, work: StudyWork, trial: optuna.Trial) -> float:
 
     with recorded_failure(trial):
         try:
-            result = execute_run(cfg, stage="trial", parent_run_id=work.parent_run_id,
+            result = execute_run(cfg, stage="trial", run_name=f"trial {trial.number}",
+                                 parent_run_id=work.parent_run_id,
                                  on_epoch=on_epoch, on_start=run_recorder(trial),
                                  progress=worker.progress)
         except TrialPruned as err:

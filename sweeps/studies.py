@@ -8,6 +8,7 @@ same parameters again.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import warnings
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -32,6 +33,9 @@ from otbench.errors import ConfigError
 
 from .schema import HeartbeatSettings, PrunerSettings
 
+if TYPE_CHECKING:
+    from .suite import StudySpec
+
 #: Trial user attributes written by the sweep.
 RUN_ID = "mlflow_run_id"
 FAIL_REASON = "fail_reason"  # an exception ended the trial: it counts as a failure
@@ -39,6 +43,7 @@ SKIPPED = "skipped"  # not run: another worker had the budget or the seed (not a
 SEED = "seed"  # final stage: which seed the trial trains
 PARAMS = "params"  # final stage: the best parameters it re-trains
 SOURCE_TRIAL = "source_trial"  # final stage: the study's trial those parameters came from
+TEST_ACC = "test_acc"  # final stage: the seed's test accuracy (its value is validation's)
 LOOP_SECONDS = "loop_s"  # seconds of the run's epoch loop: the rest of the trial is overhead
 
 #: Tries to open a storage; the first ones can lose a race to create its tables.
@@ -63,8 +68,18 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
+#: Environment variable naming the Optuna storage when ``--storage`` is not given: a cluster
+#: job sets it once, as it sets MLflow's ``MLFLOW_TRACKING_URI``.
+STORAGE_ENV = "OTBENCH_OPTUNA_STORAGE"
+
+
 def default_storage_url(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
+
+
+def storage_url_for(storage: str | None, results_dir: str | Path) -> str:
+    """The URL given, else :data:`STORAGE_ENV`, else SQLite under the results folder."""
+    return storage or os.environ.get(STORAGE_ENV) or default_storage_url(results_dir)
 
 
 def make_storage(url: str, heartbeat: HeartbeatSettings, tracking_uri: str) -> RDBStorage:
@@ -176,6 +191,27 @@ def open_study(storage: RDBStorage, name: str, pruner: PrunerSettings | None) ->
     return optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                sampler=TrialSeededTPE(study_seed(name)), pruner=chosen,
                                load_if_exists=True)
+
+
+def describe_studies(study: optuna.Study, final: optuna.Study, spec: StudySpec, suite: str,
+                     parent_run_id: str) -> None:
+    """Name the objective (optuna-dashboard shows it instead of "Objective 0") and say what
+    a study is in its user attributes: which suite, scenario, task, method and MLflow parent
+    run; a final stage also says that its trials are seeds valued by validation accuracy.
+    Written once (each attribute is a storage write), checked on every later sweep."""
+    about = {"suite": suite, "scenario": spec.plan.config.scenario,
+             "task": spec.plan.config.task, "method": spec.method,
+             "mlflow_parent_run_id": parent_run_id}
+    seeds = {"role": "final seeds", "objective": "val_acc: the seed's validation accuracy; "
+             "its test accuracy is the trial's test_acc attribute (never pick a seed by it)"}
+    for target, attrs in ((study, about), (final, {**about, **seeds})):
+        current = target.user_attrs  # one storage read
+        for key, value in attrs.items():
+            if current.get(key) != value:
+                target.set_user_attr(key, value)
+        if target.metric_names != ["val_acc"]:
+            with experimental_ok():
+                target.set_metric_names(["val_acc"])
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -25,7 +25,7 @@ from otbench.benchmark.runner import RunPlan, plan_run
 from otbench.errors import ConfigError, unknown_name
 from otbench.methods import get_method, method_names
 from otbench.methods.base import check_applicable
-from otbench.reports.options import ReportOptions
+from otbench.reports import ReportOptions
 
 from .schema import (
     Budget,
@@ -104,11 +104,6 @@ class Suite:
     @property
     def max_failures(self) -> int:
         return self.budget.max_failures or self.budget.trials
-
-    @property
-    def report_dir(self) -> Path:
-        """Where the sweep writes its report."""
-        return Path(self.results_dir) / "report"
 
 
 def suite_source(ref: str) -> tuple[str, dict[str, Any]]:

@@ -124,9 +124,9 @@ def run_recorder(trial: optuna.Trial) -> Callable[[str], None]:
     return lambda run_id: trial.set_user_attr(RUN_ID, run_id)
 
 
-def finished_run_metric(worker: Worker, trial: optuna.Trial, metric: str) -> float | None:
+def finished_run_metrics(worker: Worker, trial: optuna.Trial) -> dict[str, float] | None:
     """A retried trial whose first attempt's MLflow run did finish (its worker died just
-    before telling Optuna): reuse that result instead of training a duplicate run."""
+    before telling Optuna): reuse that run's metrics instead of training a duplicate run."""
     run_id = trial.user_attrs.get(RUN_ID)
     if not run_id:
         return None
@@ -136,7 +136,7 @@ def finished_run_metric(worker: Worker, trial: optuna.Trial, metric: str) -> flo
         return None
     if run.info.status != "FINISHED":
         return None
-    return run.data.metrics.get(metric)
+    return run.data.metrics
 
 
 def record_loop_time(trial: optuna.Trial, result: RunResult) -> None:

@@ -90,7 +90,7 @@ def test_a_plugin_method_sweeps_beside_ot_and_shows_in_the_report(tmp_path: Path
     done = otbench("sweep", str(tmp_path / "suite.yaml"), "--plugin", str(plugin), "--quiet",
                    "--results-dir", str(results), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = (results / "report" / "table.md").read_text()
+    table = (results / "report" / "plug" / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("|")]
     assert any("mycos" in row for row in rows) and any(" ot" in row.lower() for row in rows)
 

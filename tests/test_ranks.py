@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from otbench.reports import plots, ranks, statistics
-from otbench.reports.cd_diagram import cliques, critical_difference_diagram
+from otbench.reports import ranks, statistics
+from otbench.reports.figures.ranks import cliques, critical_difference_diagram
 from otbench.reports.options import ReportOptions
 from otbench.reports.tables import final_results, summarize
 
@@ -74,8 +74,7 @@ def test_diagram_names_every_method_and_the_critical_difference(tmp_path: Path) 
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert {"OT (1.50)", "kd (2.00)", "at (2.50)", "finetune (4.00)"} <= texts
     assert f"CD = {summary.critical_difference:.2f}" in texts
-    with plots.FigureWriter() as writer:
-        entries, notes, texts_ = ranks.rank_section(table_of(MEANS), tmp_path, writer)
+    entries, notes, texts_ = ranks.rank_section(table_of(MEANS), tmp_path)
     assert notes == [] and entries[0].png.is_file() and entries[0].pdf.is_file()
     assert "Friedman test" in texts_[ranks.SECTION][0]
     assert pd.read_csv(tmp_path / ranks.CSV)["method"].tolist() == ["ot", "kd", "at",

@@ -98,7 +98,7 @@ def test_page_renders_tables_and_images_without_errors(page: Path, tmp_path: Pat
     assert body is not None, result.stderr[-2000:]
     data = dict(re.findall(r'data-([\w-]+)="([^"]*)"', body.group(1)))
     assert data.get("probe") == "done", result.stderr[-2000:]
-    assert int(data["images"]) == 10
+    assert int(data["images"]) == 9
     assert data["decoded"] == data["images"], "an image did not decode"
     assert int(data["result-rows"]) == 3 + 3  # methods; two differences to OT, detectable
     assert int(data["tables"]) >= 5  # results, settings, hyper-parameters, software, runs

@@ -4,6 +4,7 @@ values computed here independently (numpy, scipy)."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import tempfile
@@ -19,6 +20,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer
 from scipy import stats
 
@@ -46,12 +48,18 @@ from otbench.reports.figures.accuracy import (
     accuracy_bars,
     accuracy_vs_samples,
     sample_size_families,
+    searched_params,
     sensitivity,
     validation_curves,
 )
 from otbench.reports.figures.studies import history_figure, importance_figure
-from otbench.reports.figures.style import METHOD_COLORS, method_color
-from otbench.reports.report import stem
+from otbench.reports.figures.style import (
+    FALLBACK_COLORS,
+    METHOD_COLORS,
+    method_color,
+    method_palette,
+)
+from otbench.reports.report import plan_columns, stem
 from otbench.reports.settings import per_cell_settings, run_counts, shared_settings, software
 from otbench.reports.studies import importances, load_studies, trial_values
 from otbench.reports.tables import (
@@ -84,6 +92,10 @@ WEIGHT = {"fitnets": 1.0, "ot": 0.1}
 EPOCH_TIMES = [1.0, 1.0, 2.0]
 #: Finished OT sweep trials on (transfer, digits:5-9@10): weight -> validation accuracy.
 TRIALS = {0.001: 0.80, 0.01: 0.83, 0.1: 0.86, 1.0: 0.78}
+#: The OT study's pruned trial: its last reported validation accuracy.
+PRUNED_LAST = 0.6
+#: The teacher's own run: (validation, test) accuracy on its source task.
+TEACHER = (0.975, 0.961)
 STUDY_OT = f"unit/transfer/{TRANSFER_10}/ot"
 STUDY_FT = f"unit/transfer/{TRANSFER_10}/finetune"
 
@@ -161,6 +173,9 @@ def write_optuna(storage: str) -> None:
         ot.add_trial(optuna.trial.create_trial(
             params={"weight": weight, "normalize": ["none", "center"][number % 2]},
             distributions=distributions, value=val))
+    ot.add_trial(optuna.trial.create_trial(
+        params={"weight": 5.0, "normalize": "none"}, distributions=distributions,
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 0.5, 1: PRUNED_LAST}))
     finetune = optuna.create_study(study_name=STUDY_FT, storage=storage, direction="maximize")
     for val in (0.7, 0.72):
         finetune.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=val))
@@ -185,6 +200,11 @@ def build_store(folder: Path) -> Store:
             tags=tags("final", "transfer", TRANSFER_10, "ot", 3)):
         raise RuntimeError("CUDA out of memory")
     log_trials(uri, artifacts)
+    with mlflow_run(uri, EXPERIMENT, run_name="teacher", artifact_root=artifacts,
+                    tags={**{k: v for k, v in tags("teacher", "source", "digits:0-4",
+                                                   "finetune", 0).items() if k != "study"},
+                          "model": "cnn-l"}) as teacher:
+        teacher.log_metrics({"val/acc_final": TEACHER[0], "test/acc": TEACHER[1]})
     with mlflow_run(uri, NO_FINALS, run_name="t", artifact_root=artifacts,
                     tags=tags("trial", "cross", DISTILL, "ot", 0)):
         pass
@@ -235,8 +255,8 @@ def test_cast_value_restores_logged_types(text: str | None, value: object) -> No
 
 
 def test_read_runs_pages_filters_and_casts(store: Store) -> None:
-    everything = read_runs(store.uri, EXPERIMENT, page_size=5)  # 33 runs over 7 pages
-    assert len(everything) == 24 + 1 + 2 + 6
+    everything = read_runs(store.uri, EXPERIMENT, page_size=5)  # 34 runs over 7 pages
+    assert len(everything) == 24 + 1 + 2 + 6 + 1
     assert everything.run_id.is_unique
     final = read_runs(store.uri, EXPERIMENT, stages=["final"], page_size=5)
     assert len(final) == 25
@@ -285,11 +305,12 @@ def test_histories_in_bulk_equal_those_read_run_by_run(store: Store, runs: pd.Da
     monkeypatch.setattr(collect, "BULK_RUNS", 10)
     keys = ("val/acc", "time/epoch", "test/acc", "never/logged")
     in_bulk = metric_histories(client, runs.run_id, keys)
-    assert queries == [10, 10, 10, 3] * len(keys)  # 33 runs, ten per query
+    assert queries == [10, 10, 10, 4] * len(keys)  # 34 runs, ten per query
     by_run = metric_histories(PublicClient(client), runs.run_id, keys)
     pd.testing.assert_frame_equal(in_bulk, by_run)
     counts = in_bulk.key.value_counts()
-    assert (counts["test/acc"], counts["time/epoch"]) == (24, 24 * len(EPOCH_TIMES))
+    # 24 final runs and the teacher's run score test accuracy; final runs log epoch times.
+    assert (counts["test/acc"], counts["time/epoch"]) == (24 + 1, 24 * len(EPOCH_TIMES))
 
 
 def test_a_step_logged_twice_keeps_its_latest_value(tmp_path: Path) -> None:
@@ -390,8 +411,8 @@ def test_summary_matches_independent_statistics(runs: pd.DataFrame, test: str) -
 
 def test_markdown_table_cells_exactly(report: Path) -> None:
     lines = (report.parent / "table.md").read_text().splitlines()
-    assert lines[0] == ("| Method | Transfer: Digits 5-9 @10 | Transfer: Digits 5-9 @30 | "
-                        "Distillation: Digits 0-9 | Reg. time (%) |")
+    assert lines[0] == ("| Method | Transfer: Digits 5–9 @10 | Transfer: Digits 5–9 @30 | "
+                        "Distillation: Digits 0–9 | Reg. time (%) |")
     rows = {line.split(" | ")[0].removeprefix("| "): line.strip("| ").split(" | ")[1:]
             for line in lines[2:5]}
     assert list(rows) == ["Fine-tune", "FitNets", "OT"]
@@ -515,9 +536,8 @@ def test_every_figure_written_as_png_and_pdf_and_not_blank(report: Path) -> None
         "bars_transfer", "bars_distill",
         "curves_transfer_digits_5-9_at10", "curves_transfer_digits_5-9_at30",
         "curves_distill_digits_0-9", "samples_transfer_digits_5-9",
-        "sensitivity_transfer_digits_5-9_at10",
+        "sensitivity_transfer_digits_5-9_at10_ot_weight",
         f"history_{STUDY_OT.replace('/', '_').replace(':', '_').replace('@', '_at')}",
-        f"history_{STUDY_FT.replace('/', '_').replace(':', '_').replace('@', '_at')}",
         f"importance_{STUDY_OT.replace('/', '_').replace(':', '_').replace('@', '_at')}",
     }
     assert set(files) == {f"{s}.{ext}" for s in stems for ext in ("png", "pdf")}
@@ -584,8 +604,11 @@ def test_optuna_figures(store: Store) -> None:
     assert notes == ["Study 'unit/missing' is not in the Optuna storage; no history or "
                      "importance plot."]
     history = history_figure(trial_values(studies[STUDY_OT]), STUDY_OT, "ot").axes[0]
-    assert len(history.collections[0].get_offsets()) == len(TRIALS)
-    assert history.lines[0].get_ydata().tolist() == pytest.approx([0.80, 0.83, 0.86, 0.86])
+    complete, pruned = (np.asarray(c.get_offsets()) for c in history.collections)
+    assert len(complete) == len(TRIALS)
+    assert pruned.tolist() == [[len(TRIALS), PRUNED_LAST]]  # at its last reported value
+    assert history.lines[0].get_ydata().tolist() == pytest.approx([0.80, 0.83, 0.86, 0.86,
+                                                                   0.86])
     found = importances(studies[STUDY_OT])
     assert not isinstance(found, str)
     assert found.sum() == pytest.approx(1.0)
@@ -600,6 +623,12 @@ def test_optuna_figures(store: Store) -> None:
             params={"weight": weight}, value=0.5,
             distributions={"weight": optuna.distributions.FloatDistribution(1e-4, 10)}))
     assert importances(flat) == "the objective is the same in every completed trial"
+    single = optuna.create_study(direction="maximize")
+    for weight, value in ((0.1, 0.5), (1.0, 0.6), (3.0, 0.55)):
+        single.add_trial(optuna.trial.create_trial(
+            params={"weight": weight}, value=value,
+            distributions={"weight": optuna.distributions.FloatDistribution(1e-4, 10)}))
+    assert importances(single).startswith("one hyper-parameter searched (weight)")
 
 
 def test_method_colors_fixed_and_deterministic_for_plugins() -> None:
@@ -617,26 +646,29 @@ def test_settings_and_provenance_tables(runs: pd.DataFrame) -> None:
     assert not {"scenario", "seed", "tags.study", "params.weight"} & set(shared)
     cells = per_cell_settings(final, ReportOptions())
     assert cells[["scenario", "task", "method"]].to_numpy().tolist()[:3] == [
-        ["Transfer", "Digits 5-9 @10", m] for m in ("Fine-tune", "FitNets", "OT")]
+        ["Transfer", "Digits 5–9 @10", m] for m in ("Fine-tune", "FitNets", "OT")]
     assert cells["params.weight"].tolist() == ["", "1.0", "0.1"] * 2 + ["", "0.1"]
     versions = software(runs).set_index("software")
-    assert versions.loc["git_commit", "values (runs)"] == "abc123 (31); def456-dirty (2)"
+    assert versions.loc["git_commit", "values (runs)"] == "abc123 (32); def456-dirty (2)"
     assert versions.loc["git_commit", "consistent"] == "NO"
     assert versions.loc["torch", "consistent"] == "yes"
     counts = run_counts(runs).set_index("stage")
-    assert counts.loc["final", "FAILED"] == 1 and counts.loc["trial", "KILLED"] == 1
+    assert counts.loc["final", "FAILED"] == 1
+    # A pruned trial did what was asked: FINISHED (KILLED is for dead workers).
+    assert counts.loc["trial", "FINISHED"] == len(TRIALS) + 1 and "KILLED" not in counts
 
 
 # --------------------------------------------------------------------------- page
 def test_report_html_is_self_contained(report: Path) -> None:
     page = report.read_text()
-    assert page.count('<img src="data:image/png;base64,') == 10
+    assert page.count('<img src="data:image/png;base64,') == 9
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
     assert "<script" not in page and "<link" not in page
     assert 'class="results"' in page
     for text in ("Settings shared by every final run", "train.lr", "Software and git commits",
                  "abc123 (", "def456-dirty (", "Failed final runs", "CUDA out of memory",
-                 "Study &#x27;unit/transfer/digits:5-9@10/finetune&#x27;: no importance plot",
+                 "Study &#x27;unit/transfer/digits:5-9@10/finetune&#x27;: no history or "
+                 "importance plot",
                  "no finished OT sweep trial"):
         assert text in page, text
 
@@ -672,9 +704,10 @@ def test_cli_report_arguments(store: Store, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr("otbench.reports.report.write_report", fake)
     assert main(["report", "--results-dir", str(store.folder), "--experiment", EXPERIMENT,
                  "--format", "md,csv"]) == 0
-    assert calls == [(store.uri, EXPERIMENT, store.folder / "report",
+    assert calls == [(store.uri, EXPERIMENT, store.folder / "report" / EXPERIMENT,
                       {"storage": None, "formats": "md,csv", "options": None})]
-    assert capsys.readouterr().out == f"report: {store.folder / 'report' / 'report.html'}\n"
+    assert capsys.readouterr().out == (
+        f"report: {store.folder / 'report' / EXPERIMENT / 'report.html'}\n")
     options = tmp_path / "options.yaml"
     options.write_text("test: wilcoxon\n")
     assert main(["report", "--tracking-uri", store.uri, "--experiment", EXPERIMENT, "--out",
@@ -712,8 +745,8 @@ def test_options_yaml_and_typos(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("task, label", [
-    ("digits:5-9@10", "Digits 5-9 @10"), ("digits", "Digits"), ("cifar100@50", "CIFAR-100 @50"),
-    ("imagefolder=/data/CUB_200_2011:0-19@30", "CUB_200_2011 0-19 @30"),
+    ("digits:5-9@10", "Digits 5–9 @10"), ("digits", "Digits"), ("cifar100@50", "CIFAR-100 @50"),
+    ("imagefolder=/data/CUB_200_2011:0-19@30", "CUB_200_2011 0–19 @30"),
     ("imagefolder=StanfordDogs", "StanfordDogs"), ("plugin-data:1,2", "plugin-data 1,2")])
 def test_task_labels(task: str, label: str) -> None:
     assert ReportOptions().task_label(task) == label
@@ -776,3 +809,92 @@ def test_a_folder_that_is_not_a_report_is_never_replaced(store: Store, tmp_path)
     with pytest.raises(ReportError, match=r"holds other things than a report \(mlflow.db\)"):
         write_report(store.uri, EXPERIMENT, tmp_path)
     assert (tmp_path / "mlflow.db").read_text() == "not a report"
+
+
+# --------------------------------------------------------------------------- rough edges
+def test_sensitivity_log_axis_labels_never_touch(runs: pd.DataFrame) -> None:
+    """Trials over five decades: the labels are fewer, not run into each other."""
+    wide = runs.copy()
+    trials = wide.index[(wide.stage == "trial") & wide["val/acc_final"].notna()]
+    wide.loc[trials, "params.weight"] = [1e-4, 1e-2, 1.0, 10.0]
+    options = ReportOptions()
+    table = summarize(final_results(wide, options), options)
+    fig = sensitivity(wide, table, Column("transfer", "transfer", TRANSFER_10))
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    shown = [t for t, x in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True)
+             if low <= x <= high and t.get_text()]
+    assert len(shown) >= 3
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), \
+        [t.get_text() for t in shown]
+
+
+def test_searched_parameters_of_every_method_get_a_sensitivity_plot(runs: pd.DataFrame) -> None:
+    column = Column("transfer", "transfer", TRANSFER_10)
+    ot_trials = runs[(runs.stage == "trial") & (runs.method == "ot")]
+    fitnets = ot_trials.assign(method="fitnets", run_id=ot_trials.run_id + "-f",
+                               **{"params.temperature": 2.0})  # fixed: not searched
+    both = pd.concat([runs, fitnets], ignore_index=True)
+    assert searched_params(both, column, "ot") == ["params.weight"]
+    assert searched_params(both, column, "fitnets") == ["params.weight"]
+    assert searched_params(both, column, "finetune") == []
+
+
+def test_unsearched_studies_get_a_note_not_empty_panels(report: Path) -> None:
+    page = report.read_text()
+    assert html.escape(f"Study {STUDY_FT!r}: no history or importance plot (2 finished "
+                       "trial(s) and no hyper-parameter searched).") in page
+    assert not list((report.parent / "figures").glob("history_*finetune*"))
+
+
+def test_chosen_hyper_parameters_are_rounded(runs: pd.DataFrame) -> None:
+    final = final_results(runs, ReportOptions())
+    precise = final.assign(**{"params.weight": final["params.weight"].where(
+        final.method != "ot", 0.8870568443732516)})
+    cells = per_cell_settings(precise, ReportOptions())
+    assert set(cells.loc[cells.method == "OT", "params.weight"]) == {"0.8871"}
+
+
+def test_latex_label_follows_the_suite_and_ranges_use_en_dashes(report: Path,
+                                                                 runs: pd.DataFrame) -> None:
+    tex = (report.parent / "table.tex").read_text()
+    assert r"\label{tab:unit-suite}" in tex and "Digits 5--9 @10" in tex
+    markdown = (report.parent / "table.md").read_text()
+    assert "Digits 5–9 @10" in markdown and "5--9" not in markdown
+    options = ReportOptions(latex_label="tab:transfer-main")
+    assert r"\label{tab:transfer-main}" in render_latex(
+        summarize(final_results(runs, options), options))
+
+
+def test_every_method_of_a_report_gets_its_own_color() -> None:
+    """Plugins whose names hash to one color still get two in a report; none is near a
+    built-in method's color (a gray passing for Fine-tune)."""
+    names = [f"plugin_{i}" for i in range(50)]
+    by_hash: dict[str, str] = {}
+    twins = next((by_hash[method_color(n)], n) for n in names
+                 if by_hash.setdefault(method_color(n), n) != n)
+    methods = [*METHOD_COLORS, *twins]
+    with method_palette(methods):
+        colors = [method_color(m) for m in methods]
+    assert len(set(colors)) == len(colors)
+    rgb = {c: np.array(matplotlib.colors.to_rgb(c)) for c in FALLBACK_COLORS}
+    fixed = [np.array(matplotlib.colors.to_rgb(c)) for c in METHOD_COLORS.values()]
+    for color, value in rgb.items():
+        assert min(np.linalg.norm(value - f) for f in fixed) > 0.2, color
+        assert min(np.linalg.norm(value - rgb[o]) for o in rgb if o != color) > 0.2, color
+
+
+def test_report_states_the_teachers_accuracy(report: Path) -> None:
+    page = report.read_text()
+    assert "Teachers" in page
+    assert f"{TEACHER[1] * 100:.1f}" in page and f"{TEACHER[0] * 100:.1f}" in page
+
+
+def test_heat_map_columns_trained_from_scratch_come_first(runs: pd.DataFrame) -> None:
+    options = ReportOptions()
+    table = summarize(final_results(runs, options), options)
+    assert table.columns[0].scenario == "transfer"
+    assert [c.scenario for c in plan_columns(table)] == ["distill", "transfer", "transfer"]

@@ -10,6 +10,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -117,14 +118,15 @@ def assert_one_final_run_per_seed(results: Path, study: str, seeds: int) -> None
     assert all("test/acc" in r.data.metrics for r in done)
 
 
-def assert_overhead_measured(results: Path, out: str) -> None:
+def assert_overhead_measured(results: Path, out: str, complete: int = 3 + 1 + 2 * 2) -> None:
     """Every completed run knows its epoch-loop time, which is inside its trial's wall time;
-    the summary states the per-run overhead, within issue #6's budget of a second."""
+    the summary states the per-run overhead, within issue #6's budget of a second.
+    ``complete``: ot and finetune trials, 2 final seeds each (by default)."""
     storage = f"sqlite:///{results / 'optuna.db'}"
     done = [t for name in optuna.get_all_study_names(storage)
             for t in optuna.load_study(study_name=name, storage=storage).get_trials()
             if t.state == TrialState.COMPLETE]
-    assert len(done) == 3 + 1 + 2 * 2  # ot and finetune trials, 2 final seeds each
+    assert len(done) == complete
     overheads = overhead_seconds(done)
     assert len(overheads) == len(done) and all(seconds > 0 for seconds in overheads)
     assert all(t.user_attrs[LOOP_SECONDS] > 0 for t in done)
@@ -397,14 +399,18 @@ def test_all_methods_means_the_applicable_ones(tmp_path) -> None:
 
 # --- running sweeps ------------------------------------------------------------------------
 
-def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
+def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys, monkeypatch) -> None:
     suite, results = write_suite(tmp_path), tmp_path / "results"
     argv = ["sweep", str(suite), "--results-dir", str(results), "--quiet"]
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda trial: trial.number == 1)
     assert cli.main(argv) == 0
+    monkeypatch.undo()
     out = capsys.readouterr().out
     assert "test acc" in out
     assert finished(results, OT) == 3 and finished(results, FINETUNE) == 1  # nothing to search
-    assert_overhead_measured(results, out)
+    assert [t.state for t in trials(results, OT)][1] == TrialState.PRUNED
+    assert_overhead_measured(results, out, complete=2 + 1 + 2 * 2)
+    assert_at_home_in_mlflow_and_optuna(results)
     runs = mlflow_runs(results)
     for study, count in ((OT, 3), (FINETUNE, 1)):
         parents = by_stage(runs, "study", study)
@@ -427,6 +433,71 @@ def test_tiny_sweep_end_to_end_and_rerun_adds_nothing(tmp_path, capsys) -> None:
 
     assert cli.main(argv) == 0  # the same command again: everything is done already
     assert len(mlflow_runs(results)) == len(runs)
+
+
+def assert_at_home_in_mlflow_and_optuna(results: Path) -> None:
+    """What an MLflow or Optuna user reads: study parent runs that sum their study up and
+    span their children, children named apart, a pruned trial FINISHED, MLflow's context
+    tags, the classic experiment view, a student MLflow loads, named Optuna objectives and
+    final seeds valued by validation (never a test-accuracy ``best_trial``)."""
+    client = MlflowClient(default_tracking_uri(results))
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = mlflow_runs(results)
+    assert all(r.data.tags.get("mlflow.source.git.commit") for r in runs)
+    assert all(r.data.tags.get("mlflow.user") for r in runs)
+    storage = default_storage_url(results)
+    for name in (OT, FINETUNE):
+        (parent,) = by_stage(runs, "study", name)
+        children = [r for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        names = sorted(r.info.run_name for r in children)
+        assert len(set(names)) == len(names) and "final seed 1" in names and "trial 0" in names
+        assert parent.info.status == "FINISHED" and "seed" not in parent.data.tags
+        assert parent.info.start_time <= min(r.info.start_time for r in children)
+        assert parent.info.end_time >= max(r.info.end_time for r in children)
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert study.metric_names == ["val_acc"]
+        assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+        params = parent.data.params
+        assert int(params["best.trial"]) == study.best_trial.number
+        for key, value in study.best_trial.params.items():
+            assert float(params[f"best.{key}"]) == pytest.approx(value)
+        finals = by_stage(runs, "final", name)
+        tests = [r.data.metrics["test/acc"] for r in finals]
+        metrics = parent.data.metrics
+        assert metrics["test/acc_n"] == len(tests) == 2
+        assert metrics["test/acc_mean"] == pytest.approx(statistics.mean(tests))
+        assert metrics["test/acc_std"] == pytest.approx(statistics.stdev(tests))
+        seeds = optuna.load_study(study_name=final.study_name(name), storage=storage)
+        assert seeds.user_attrs["role"] == "final seeds"
+        by_run = {r.info.run_id: r for r in finals}
+        for trial in seeds.get_trials(states=(TrialState.COMPLETE,)):
+            run = by_run[trial.user_attrs["mlflow_run_id"]]
+            assert trial.value == pytest.approx(run.data.metrics["val/acc_final"])
+            assert trial.user_attrs["test_acc"] == pytest.approx(run.data.metrics["test/acc"])
+    (pruned,) = [r for r in by_stage(runs, "trial", OT) if r.data.tags["trial"] == "1"]
+    assert pruned.info.status == "FINISHED" and pruned.data.tags["pruned"] == "true"
+    assert_final_model_loads_with_mlflow(client, by_stage(runs, "final", OT)[0])
+
+
+def assert_final_model_loads_with_mlflow(client: MlflowClient, run: Any) -> None:
+    """The final run's logged model, loaded by MLflow, computes the state_dict's logits."""
+    import mlflow.pytorch
+
+    from otbench.benchmark.models import build_model
+
+    (output,) = run.outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)  # MLflow 3's LoggedModel API
+    assert logged.source_run_id == run.info.run_id and str(logged.status) == "READY"
+    loaded = mlflow.pytorch.load_model(logged.artifact_location)
+    reference = build_model("cnn-s", 5, 1)
+    with tempfile.TemporaryDirectory() as folder:
+        state = client.download_artifacts(run.info.run_id, "model.pt", folder)
+        reference.load_state_dict(torch.load(state, map_location="cpu"))
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(images), reference.eval()(images))
 
 
 def test_killed_sweep_resumes_without_losing_or_repeating_work(tmp_path) -> None:

@@ -1,14 +1,26 @@
-"""MLflow tracking: batched metric writes reach the store however a run ends."""
+"""MLflow tracking: batched metric writes reach the store however a run ends; MLflow's own
+conventions (context tags, experiment kind, ``MLFLOW_TRACKING_URI``) are followed."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from otbench.benchmark import tracking
+from otbench.benchmark.cli import main
 from otbench.benchmark.tracking import RunLogger, RunStopped, mlflow_run
 from otbench.errors import ConfigError
 
@@ -33,7 +45,8 @@ def only_run(client: MlflowClient):
 
 
 @pytest.mark.parametrize(("error", "status"), [
-    (None, "FINISHED"), (RunStopped("pruned"), "KILLED"), (ValueError("boom"), "FAILED")])
+    (None, "FINISHED"), (RunStopped("pruned"), "FINISHED"), (KeyboardInterrupt(), "KILLED"),
+    (ValueError("boom"), "FAILED")])
 def test_metrics_held_back_are_written_when_the_run_ends(tmp_path, monkeypatch, error,
                                                          status) -> None:
     monkeypatch.setattr(tracking, "METRIC_FLUSH_SECONDS", 3600.0)
@@ -80,3 +93,122 @@ def test_tag_filters_find_values_with_quotes_and_refuse_both_kinds(tmp_path) -> 
     assert [r.info.run_id for r in found] == [wanted]
     with pytest.raises(ConfigError, match="both quote kinds"):
         tracking.tags_where({"path": "a'b\"c"})
+
+
+# --------------------------------------------------------------------------- environment
+#: The smallest real run: one epoch of a cnn-s teacher and student on digits.
+TINY_RUN = ("--set", "scenario=cross", "--set", "task=digits:5-9@10", "--set", "student=cnn-s",
+            "--set", "teacher.model=cnn-s", "--set", "teacher.task=digits:0-4",
+            "--set", "teacher.train.epochs=1", "--set", "train.epochs=1", "--set", "method=ot")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(folder: Path, wait_s: float = 240) -> Iterator[str]:
+    """A local ``mlflow server`` (SQLite backend, its own artifact folder) on a free port of
+    127.0.0.1; its URL once it answers, and it is stopped (with its workers) at the end."""
+    port = free_port()
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not answer in time"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_a_run_goes_to_mlflow_tracking_uri_and_its_log_has_no_progress_frames(
+        tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    with mlflow_server(tmp_path) as url:
+        log = tmp_path / "run.log"
+        with log.open("w") as out:  # `otbench run … > run.log 2>&1`
+            done = subprocess.run(
+                [sys.executable, "-m", "otbench.benchmark.cli", "run", *TINY_RUN,
+                 "--results-dir", str(results)], stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "MLFLOW_TRACKING_URI": url,
+                     "MLFLOW_DISABLE_TELEMETRY": "true"}, timeout=600, check=False)
+        text = log.read_text()
+        assert done.returncode == 0, text[-3000:]
+        assert "\r" not in text
+        found = re.search(r"^run (\w+): cross ot", text, re.MULTILINE)
+        assert found is not None, text[-3000:]
+        run = MlflowClient(url).get_run(found.group(1))
+        assert run.info.status == "FINISHED" and "val/acc_final" in run.data.metrics
+    assert results.is_dir()  # the teacher's cache
+    assert not (results / "mlflow.db").exists()
+
+
+def test_environment_variables_name_the_stores_when_no_flag_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    monkeypatch.setenv("OTBENCH_OPTUNA_STORAGE", "postgresql://otbench@db.example/optuna")
+    assert main(["sweep", "quick", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "tracking: http://tracking.example:5000" in out
+    assert "storage: postgresql://otbench@db.example/optuna" in out
+    assert tracking.tracking_uri_for("sqlite:///x.db", tmp_path) == "sqlite:///x.db"
+
+
+def test_print_config_shows_the_methods_resolved_parameters(
+        capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--set", "method=kd", "--set", "scenario=distill", "--set",
+                 "task=digits", "--set", "student=cnn-s", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["params"] == {"alpha": 0.9, "temperature": 4.0}
+
+
+def test_runs_carry_mlflows_context_tags_and_the_experiment_opens_as_model_training(
+        tmp_path: Path) -> None:
+    uri = uri_in(tmp_path)
+    with mlflow_run(uri, "e", run_name="r", tags=tracking.standard_tags("run")):
+        pass
+    client = MlflowClient(uri)
+    run = only_run(client)
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"] == "otbench"
+    assert run.data.tags["mlflow.source.git.commit"] == \
+        tracking.git_commit().removesuffix("-dirty")
+    assert client.get_experiment_by_name("e").tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+
+
+def test_artifacts_are_found_in_a_moved_results_folder(tmp_path: Path) -> None:
+    """A results folder copied elsewhere serves its own artifacts, not the old place's."""
+    before = tmp_path / "before" / "results"
+    with mlflow_run(f"sqlite:///{before / 'mlflow.db'}", "e", run_name="r", tags={},
+                    artifact_root=before / "artifacts") as run:
+        run.log_dict({"answer": 42}, "config.yaml")
+    after = tmp_path / "after"
+    before.parent.rename(after)
+    client = MlflowClient(f"sqlite:///{after / 'results' / 'mlflow.db'}")
+    folder = tmp_path / "download"
+    folder.mkdir()
+    path = tracking.download_artifact(client, run.run_id, "config.yaml", folder)
+    assert yaml.safe_load(path.read_text()) == {"answer": 42}
+    assert path.is_relative_to(folder)

@@ -114,12 +114,27 @@ def accuracy_vs_samples(table: ResultTable, scenario: str, family: str) -> Figur
 
 def sensitivity_data(runs: pd.DataFrame, column: Column, method: str = "ot",
                      param: str = "params.weight") -> pd.DataFrame:
-    """Finished sweep trials of one method in one column with the param set."""
+    """Finished sweep trials of one method in one column with the param set (a pruned trial
+    has no final validation accuracy, so none is among them)."""
     if param not in runs or "val/acc_final" not in runs:
         return runs.iloc[0:0]
     keep = ((runs.stage == "trial") & (runs.status == "FINISHED") & (runs.method == method)
             & in_column(runs, column) & runs[param].notna() & runs["val/acc_final"].notna())
     return runs[keep]
+
+
+def searched_params(runs: pd.DataFrame, column: Column, method: str) -> list[str]:
+    """The numeric hyper-parameters (``params.*``) that took more than one value over the
+    method's finished sweep trials in this column: what its sweep searched."""
+    if "val/acc_final" not in runs:
+        return []
+    found = []
+    for param in sorted(c for c in runs.columns if c.startswith("params.")):
+        values = sensitivity_data(runs, column, method, param)[param]
+        numeric = values.map(lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+        if len(values) and numeric.all() and values.nunique() > 1:
+            found.append(param)
+    return found
 
 
 @styled
@@ -155,10 +170,16 @@ def sensitivity(runs: pd.DataFrame, table: ResultTable, column: Column, method: 
     return fig
 
 
+#: Most decades a log axis labels at 1, 2 and 5 × 10^k; wider ones are labelled at powers of
+#: ten only, every other one past :data:`MAX_LABELLED_DECADES` (the labels would collide).
+DENSE_DECADES = 2
+MAX_LABELLED_DECADES = 5
+
+
 def _weight_axis(ax: Axes, x: np.ndarray) -> None:
-    """Log x (a weight is searched log-uniformly) spanning at least a decade, ticks at 1, 2, 5
-    × 10^k written plainly: with a narrower span matplotlib would label crowded minor ticks
-    in scientific notation."""
+    """Log x (a weight is searched log-uniformly) spanning at least a decade, ticks written
+    plainly (``0.001``, ``10``), as many as fit a column-wide figure without touching: at 1, 2,
+    5 × 10^k over a narrow span, else at powers of ten."""
     if len(x) == 0 or (x <= 0).any():
         ax.set_xscale("symlog")
         return
@@ -167,7 +188,10 @@ def _weight_axis(ax: Axes, x: np.ndarray) -> None:
     if high / low < 10:
         middle = np.sqrt(low * high)
         ax.set_xlim(middle / np.sqrt(10) / 1.2, middle * np.sqrt(10) * 1.2)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    decades = np.log10(high / low)
+    subs = (1.0, 2.0, 5.0) if decades <= DENSE_DECADES else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs,
+                                          numticks=MAX_LABELLED_DECADES + 2))
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 

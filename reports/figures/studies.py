@@ -16,11 +16,15 @@ from .style import legend_above, method_color, new_figure, styled
 
 @styled
 def history_figure(trials: pd.DataFrame, title: str, method: str) -> Figure:
-    """Objective per trial and the best value so far (``trials``:
-    :func:`~otbench.reports.studies.trial_values`)."""
+    """Objective per trial (pruned ones at their last reported value, as crosses) and the
+    best value so far (``trials``: :func:`~otbench.reports.studies.trial_values`)."""
     fig, ax = new_figure()
     color = method_color(method)
-    ax.scatter(trials.number, trials.value, s=10, color=color, alpha=0.6, label="trial")
+    complete, pruned = trials[~trials.pruned], trials[trials.pruned]
+    ax.scatter(complete.number, complete.value, s=10, color=color, alpha=0.6, label="trial")
+    if not pruned.empty:
+        ax.scatter(pruned.number, pruned.value, s=12, color=color, alpha=0.6, marker="x",
+                   label="pruned (last reported)")
     ax.step(trials.number, trials.best, where="post", color=color, label="best so far")
     ax.set_xlabel("Trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

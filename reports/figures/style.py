@@ -9,8 +9,9 @@ and fonts are set for a paper column (~3.3 in) so a figure reads at print size.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -39,21 +40,44 @@ METHOD_COLORS = {"ot": "#d62728", "finetune": "#7f7f7f", "l2sp": "#1f77b4", "kd"
                  "fitnets": "#2ca02c", "at": "#9467bd", "delta": "#17becf", "bss": "#bcbd22",
                  "rkd": "#8c564b", "sp": "#e377c2", "pkt": "#393b79", "nst": "#637939",
                  "cka": "#8c6d31", "crd": "#843c39"}
-#: Colors a plugin method may get: distinct from the fixed ones above.
-FALLBACK_COLORS = ("#6b6ecf", "#b5cf6b", "#e7ba52", "#d6616b", "#ce6dbd", "#3182bd",
-                   "#31a354", "#756bb1", "#636363", "#e6550d", "#9c9ede", "#cedb9c")
+#: Colors a plugin method may get: each at least 0.22 (RGB distance) from every fixed color
+#: above and from each other, so no plugin passes for a built-in method (a gray would pass
+#: for Fine-tune).
+FALLBACK_COLORS = ("#000000", "#b5cf6b", "#e7ba52", "#9c9ede", "#8ca252", "#f7b6d2",
+                   "#9edae5", "#d6616b", "#cedb9c")
+#: Colors of the methods without a fixed one in the report being drawn (see
+#: :func:`method_palette`).
+_PALETTE: ContextVar[Mapping[str, str] | None] = ContextVar("method_palette", default=None)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def method_color(method: str) -> str:
-    """A method's color: fixed for known methods, else chosen by a stable hash of its name,
-    so a plugin keeps its color across figures, reports and machines (unlike ``hash()``)."""
+    """A method's color: fixed for known methods; for a plugin, its color in the active
+    :func:`method_palette`, else one chosen by a stable hash of its name (unlike ``hash()``,
+    the same on every machine)."""
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
+    palette = _PALETTE.get() or {}
+    if method in palette:
+        return palette[method]
     digest = int(hashlib.sha256(method.encode()).hexdigest(), 16)
     return FALLBACK_COLORS[digest % len(FALLBACK_COLORS)]
+
+
+@contextmanager
+def method_palette(methods: Iterable[str]) -> Iterator[None]:
+    """Within it, the methods without a fixed color get :data:`FALLBACK_COLORS` in the order
+    of their names: distinct from each other (up to that many plugins) in every figure of a
+    report, where hashing could give two plugins one color."""
+    plugins = sorted({m for m in methods if m not in METHOD_COLORS})
+    token = _PALETTE.set({m: FALLBACK_COLORS[i % len(FALLBACK_COLORS)]
+                          for i, m in enumerate(plugins)})
+    try:
+        yield
+    finally:
+        _PALETTE.reset(token)
 
 
 @contextmanager
