@@ -84,6 +84,7 @@ class PerfOptions:
     data_dir: str = "data"
     #: A method whose first step takes longer is listed as skipped (keeps --quick quick).
     step_budget_s: float | None = None
+    quick: bool = False
 
     @classmethod
     def build(cls, device: str, repeats: int | None, quick: bool,
@@ -92,7 +93,7 @@ class PerfOptions:
             raise ConfigError(f"--repeats must be at least 1, got {repeats}")
         if quick:
             return cls(resolve_device(device), repeats or 3, 1, (64, 128, 256), 1024,
-                       ("cnn",), (1, 4), ("cnn-s",), data_dir, step_budget_s=0.5)
+                       ("cnn",), (1, 4), ("cnn-s",), data_dir, step_budget_s=0.5, quick=True)
         return cls(resolve_device(device), repeats or 7, 2, (64, 128, 256, 512, 1024, 2048),
                    1024, ("resnet18", "cnn"), (1, 2, 4, 8), ("cnn-s", "cnn-l"), data_dir,
                    step_budget_s=5.0)
@@ -441,9 +442,9 @@ def wide_layer_rows(opts: PerfOptions, batch: int | None = None) -> list[dict[st
     """Per ResNet-50 stage (n neurons in d = batch·H·W dims), the OT time a step blocks its
     caller for: the forward and backward of the loss, a step's device work being a
     :data:`DEVICE_STEP_S` sleep between calls, for each of :data:`WIDE_SETTINGS` and for
-    the POT user's ``emd2`` on the torch backend. ``--quick``: batch 4, two stages."""
-    batch = batch or (4 if opts.step_budget_s == 0.5 else 64)
-    stages = RESNET50_STAGES[:2] if opts.step_budget_s == 0.5 else RESNET50_STAGES
+    the POT user's ``emd2`` on the torch backend. ``--quick``: batch 1, the first stage."""
+    batch = batch or (1 if opts.quick else 64)
+    stages = RESNET50_STAGES[:1] if opts.quick else RESNET50_STAGES
     steps = int(np.lcm.reduce([s.get("plan_every", 1) for s in WIDE_SETTINGS.values()]))
     rows: list[dict[str, Any]] = []
     for width, side in stages:
