@@ -13,7 +13,7 @@ from otbench.errors import ConfigError
 def add_command(sub: argparse._SubParsersAction) -> None:
     """Register ``perf`` on the ``otbench`` command's subparsers."""
     help_text = ("micro-benchmarks: OT per layer, step cost of each method, data path, "
-                 "representation diagnostics")
+                 "representation diagnostics, OT at ResNet-50's widths")
     parser = sub.add_parser("perf", help=help_text, description=help_text)
     parser.set_defaults(handler=cmd_perf)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

@@ -35,6 +35,7 @@ from otbench.benchmark.runner import resolve_device
 from otbench.benchmark.train import Student, make_optimizer, run_epochs, synchronize, train_step
 from otbench.errors import ConfigError, OtbenchError
 from otbench.methods import LayerPair, StepOutputs, TransferContext, TransferMethod
+from otbench.methods.base import flatten_neurons
 from otbench.methods.ot import EMD_MAX_ITER, OTSettings, neuron_costs
 
 #: A variant runs once and returns the seconds per step it measured itself.
@@ -65,6 +66,7 @@ class PerfOptions:
     data_dir: str = "data"
     #: A method whose first step takes longer is listed as skipped (keeps --quick quick).
     step_budget_s: float | None = None
+    quick: bool = False
 
     @classmethod
     def build(cls, device: str, repeats: int | None, quick: bool,
@@ -73,7 +75,7 @@ class PerfOptions:
             raise ConfigError(f"--repeats must be at least 1, got {repeats}")
         if quick:
             return cls(resolve_device(device), repeats or 3, 1, (64, 128, 256), 1024,
-                       ("cnn",), (1, 4), ("cnn-s",), data_dir, step_budget_s=0.5)
+                       ("cnn",), (1, 4), ("cnn-s",), data_dir, step_budget_s=0.5, quick=True)
         return cls(resolve_device(device), repeats or 7, 2, (64, 128, 256, 512, 1024, 2048),
                    1024, ("resnet18", "cnn"), (1, 2, 4, 8), ("cnn-s", "cnn-l"), data_dir,
                    step_budget_s=5.0)
@@ -398,6 +400,96 @@ def diagnostics_rows(opts: PerfOptions, setup: PairSetup) -> list[dict[str, Any]
              "ratio_to_step": record_ms / step_ms}]
 
 
+# ------------------------------------------------------------- (f) wide layers (ResNet-50)
+
+#: ResNet-50's stages at 224 × 224: (neurons, feature-map side) of layer1 .. layer4.
+RESNET50_STAGES = ((256, 56), (512, 28), (1024, 14), (2048, 7))
+#: The anchor: Ω written as a POT user writes it, gradient through POT.
+POT_USER = "pot-user emd2"
+#: The device's own share of a step, during which the CPU is free: an assumed GPU step
+#: (ResNet-50 at batch 64 with AMP trains at a few thousand images a second on a current
+#: data-centre GPU), played by a sleep between steps. It is not measured here.
+DEVICE_STEP_S = 0.03
+#: OT settings compared, as method parameters (plan_every 4: the largest k measured not
+#: to cost accuracy on the quick suite).
+WIDE_SETTINGS: dict[str, dict[str, int]] = {
+    "exact": {},
+    "plan_every=4": {"plan_every": 4},
+    "plan_lag=1": {"plan_lag": 1},
+    "plan_every=4 plan_lag=1": {"plan_every": 4, "plan_lag": 1},
+}
+
+
+def wide_layer_rows(opts: PerfOptions, batch: int | None = None) -> list[dict[str, Any]]:
+    """Per ResNet-50 stage (n neurons in d = batch·H·W dims), the OT time a step blocks its
+    caller for: the forward and backward of the loss, a step's device work being a
+    :data:`DEVICE_STEP_S` sleep between calls, for each of :data:`WIDE_SETTINGS` and for
+    the POT user's ``emd2`` on the torch backend. ``--quick``: batch 1, the first stage."""
+    batch = batch or (1 if opts.quick else 64)
+    stages = RESNET50_STAGES[:1] if opts.quick else RESNET50_STAGES
+    steps = int(np.lcm.reduce([s.get("plan_every", 1) for s in WIDE_SETTINGS.values()]))
+    rows: list[dict[str, Any]] = []
+    for width, side in stages:
+        generator = torch.Generator().manual_seed(width)
+        batches = [tuple(torch.randn(batch, width, side, side, generator=generator)
+                         .relu_().to(opts.device) for _ in range(2)) for _ in range(2)]
+        pair = LayerPair("teacher", "student", (width, side, side), (width, side, side))
+        variants = {POT_USER: _blocking_steps(_pot_user_step, batches, steps, opts.device)}
+        for name, params in WIDE_SETTINGS.items():
+            method = methods.get_method("ot")(TransferContext(nn.Identity(), nn.Identity(), [pair]),
+                                      **params)
+            variants[name] = _blocking_steps(_method_step(method), batches, steps,
+                                             opts.device)
+        samples = measure(variants, opts.repeats, opts.warmup)
+        anchor = median_ms(samples[POT_USER])
+        rows += [{"width": width, "dim": batch * side * side, "setting": name,
+                  "blocking_ms": median_ms(times), "ratio_to_pot_user":
+                  median_ms(times) / anchor} for name, times in samples.items()]
+    return rows
+
+
+def _pot_user_step(teacher: Tensor, student: Tensor) -> Tensor:
+    """``ot.emd2`` on ``ot.dist`` of the flattened neurons (torch backend), as in POT's
+    examples, with the solver's iteration cap raised to reach the optimum as otbench does."""
+    t, s = flatten_neurons(teacher), flatten_neurons(student)
+    uniform_t = torch.full((len(t),), 1 / len(t), device=t.device)
+    uniform_s = torch.full((len(s),), 1 / len(s), device=s.device)
+    return ot.emd2(uniform_t, uniform_s, ot.dist(t, s) / t.shape[1], numItermax=EMD_MAX_ITER)
+
+
+def _method_step(method: TransferMethod) -> Callable[[Tensor, Tensor], Tensor]:
+    def step(teacher: Tensor, student: Tensor) -> Tensor:
+        outputs = StepOutputs(torch.zeros(0), torch.zeros(0),
+                              student_features={"student": student},
+                              teacher_features={"teacher": teacher})
+        return sum(method(outputs).values())
+
+    return step
+
+
+def _blocking_steps(loss: Callable[[Tensor, Tensor], Tensor],
+                    batches: Sequence[tuple[Tensor, ...]], steps: int,
+                    device: torch.device) -> Variant:
+    """Seconds per step spent in ``loss``'s forward and backward, over ``steps`` steps that
+    alternate between ``batches``; the device's share of each step (a sleep) is not
+    counted, and a pipelined solve runs during it."""
+
+    def variant() -> float:
+        blocked = 0.0
+        for index in range(steps):
+            teacher, student = batches[index % len(batches)]
+            student = student.detach().requires_grad_()
+            synchronize(device)
+            start = time.perf_counter()
+            loss(teacher, student).backward()
+            synchronize(device)
+            blocked += time.perf_counter() - start
+            time.sleep(DEVICE_STEP_S)
+        return blocked / steps
+
+    return variant
+
+
 # ------------------------------------------------------------------------- reporting
 
 
@@ -413,7 +505,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def run_perf(opts: PerfOptions) -> dict[str, Any]:
-    """All five sections; the result is what ``--json`` writes."""
+    """All six sections; the result is what ``--json`` writes."""
     setups = [build_pair(PAIRS[name], opts.device) for name in opts.pairs]
     return {
         "machine": machine_info(opts.device),
@@ -425,6 +517,7 @@ def run_perf(opts: PerfOptions) -> dict[str, Any]:
         "plan_reuse": [row for setup in setups for row in plan_reuse_rows(opts, setup)],
         "data_path": data_path_rows(opts),
         "diagnostics": [row for setup in setups for row in diagnostics_rows(opts, setup)],
+        "wide_layers": wide_layer_rows(opts),
     }
 
 
@@ -468,5 +561,9 @@ def format_report(result: Mapping[str, Any]) -> str:
         format_table("(e) representation diagnostics of one epoch (ratio: in fine-tuning "
                      "steps)", result["diagnostics"],
                      ("pair", "probe", "layers", "step_ms", "diagnostics_ms", "ratio_to_step")),
+        format_table(f"(f) OT at ResNet-50's widths: ms a step blocks for (forward + backward "
+                     f"of the loss; the device's {1e3 * DEVICE_STEP_S:g} ms of a step is a "
+                     "sleep), ratio to the POT user's emd2", result["wide_layers"],
+                     ("width", "dim", "setting", "blocking_ms", "ratio_to_pot_user")),
     ]
     return "\n\n".join(parts)

@@ -9,14 +9,15 @@ the envelope theorem that is the gradient of Ω, and it reaches the student only
 Speed: the solvers see a double-centred copy of the cost (same optimal plans, faster to solve),
 the plans of a step's layer pairs are solved side by side, the loss is summed over the plan's
 support (:func:`plan_cost`), and :class:`OTTransfer` can keep a plan for ``plan_every``
-training steps (see its docstring).
+training steps and solve it one step ahead on a background thread (``plan_lag``; see its
+docstring).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -304,6 +305,36 @@ def solved_plans(neurons: Mapping[str, tuple[Tensor, Tensor]],
         return {key: future.result() for key, future in futures.items()}
 
 
+class PlanPipeline:
+    """Solves a step's plans on a background thread while the caller goes on with the step
+    (its backward pass, the optimizer, the next forward), for use at a later step.
+
+    The solver runs on the CPU whatever the device: on a GPU the device then never waits for
+    it, and on a CPU it overlaps the solve with the step's own work. The neurons are
+    detached, so the pending solve never holds the autograd graph.
+    """
+
+    def __init__(self, settings: OTSettings) -> None:
+        self.settings = settings
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[dict[str, Tensor]] | None = None
+
+    def submit(self, neurons: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        """Start solving ``neurons``' plans; one solve is pending at a time."""
+        assert self._pending is None, "collect the pending plans before submitting more"
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ot-plans")
+        detached = {key: (t.detach(), s.detach()) for key, (t, s) in neurons.items()}
+        self._pending = self._executor.submit(solved_plans, detached, self.settings)
+
+    def collect(self) -> dict[str, Tensor] | None:
+        """The pending solve's plans (waiting for them if need be), or None if none is."""
+        if self._pending is None:
+            return None
+        pending, self._pending = self._pending, None
+        return pending.result()
+
+
 def ot_distance(teacher_features: Tensor, student_features: Tensor,
                 **settings: Any) -> Tensor:
     """Ω between two layers' features, ``(B, C, H, W)`` or ``(B, C)``, differentiable in both.
@@ -361,6 +392,12 @@ class OTTransfer(TransferMethod):
     are exact for the cached plan, which is a feasible (no longer optimal) plan. Costs
     move slowly between steps, and the solver is the expensive part. Steps are counted
     only in training mode; in eval mode the plans are always solved afresh (and not kept).
+
+    With ``plan_lag = 1`` a solving step hands its neurons to a :class:`PlanPipeline` and
+    goes on, and its plans are used from the next step on: step t uses the plans solved
+    from step t − 1's features (t − 1 .. t − k with ``plan_every = k``), so the step never
+    waits for the solver unless the solve outlasts a whole step. The first training step
+    has nothing earlier and solves its own plans in place.
     """
 
     summary = "Wasserstein distance between teacher and student neurons (Li et al. 2021)"
@@ -383,6 +420,11 @@ class OTTransfer(TransferMethod):
                    help="solve the plans every k training steps and reuse them in between; "
                         "1 = the exact plan at every step",
                    source="the paper: a fresh plan each step"),
+        HyperParam("plan_lag", "categorical", 0, choices=(0, 1), searchable=False,
+                   help="1 = solve a step's plans on a background CPU thread while the step "
+                        "goes on and use them from the next step; 0 = in place",
+                   source="the paper: the plan of the step itself (lag 0); 1 is ours, so a "
+                          "GPU step never waits for the CPU solve"),
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
@@ -392,7 +434,9 @@ class OTTransfer(TransferMethod):
         self.plan_every = hp.pop("plan_every")
         if self.plan_every < 1:
             raise ConfigError(f"method 'ot': plan_every must be >= 1, got {self.plan_every}")
+        self.plan_lag = hp.pop("plan_lag")
         self.settings = OTSettings(**hp)
+        self._pipeline = PlanPipeline(self.settings)
         check_ot_pairs(self.name, self.pairs, self.settings.spatial)
         self._plans: dict[str, Tensor] = {}
         self._steps = 0
@@ -412,7 +456,23 @@ class OTTransfer(TransferMethod):
         """Fresh plans in eval mode and on every ``plan_every``-th training step, else cached."""
         if not self.training:
             return solved_plans(neurons, self.settings)
+        if self.plan_lag:
+            return self._lagged_plans(neurons)
         if self._steps % self.plan_every == 0:
             self._plans = solved_plans(neurons, self.settings)
+        self._steps += 1
+        return self._plans
+
+    def _lagged_plans(self, neurons: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """The plans of the last solve before this step; on every ``plan_every``-th step this
+        step's neurons go to the pipeline (the first step's are solved in place)."""
+        solved = self._pipeline.collect()
+        if solved is not None:
+            self._plans = solved
+        if self._steps % self.plan_every == 0:
+            if self._plans:
+                self._pipeline.submit(neurons)
+            else:
+                self._plans = solved_plans(neurons, self.settings)
         self._steps += 1
         return self._plans

@@ -41,6 +41,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dry-run", action="store_true", help="print the studies, their "
                         "search spaces and budgets, then exit (nothing trained or written)")
+    parser.add_argument("--smoke", action="store_true", help="the whole pipeline in minutes: "
+                        "one trial, one seed and one epoch per study on generated data in the "
+                        "real formats, under RESULTS_DIR/smoke/SUITE (or --results-dir)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-trial "
                         "lines; the summary only (bars are off anyway when the output is not "
                         "a terminal)")
@@ -60,7 +63,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                               "tracking_uri": args.tracking_uri,
                                               "device": args.device}.items()
                 if value is not None}
-    suite = load_suite(args.suite, settings)
+    suite_ref = args.suite
+    if args.smoke:
+        if args.dry_run:
+            raise ConfigError("--smoke runs the pipeline on generated data; drop --dry-run "
+                              "(a dry run of the suite itself lists what --smoke would run)")
+        from .smoke import prepare_smoke
+
+        suite_ref, settings = prepare_smoke(args.suite, settings)
+        print(f"smoke run of {args.suite!r}: {suite_ref}")
+    suite = load_suite(suite_ref, settings)
     storage_url = storage_url_for(args.storage, suite.results_dir)
     if args.dry_run:
         print_plan(suite, storage_url)
@@ -69,7 +81,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     parents: dict[str, str] = {}
     try:
         parents = prepare(suite, storage_url, progress=progress_bars(args.quiet))
-        job = WorkerJob(args.suite, settings, storage_url, parents, workers=args.workers,
+        job = WorkerJob(suite_ref, settings, storage_url, parents, workers=args.workers,
                         progress=progress_bars(args.quiet) and args.workers == 1,
                         verbose=not args.quiet)
         failed_workers = run_workers(job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -136,9 +137,11 @@ def step_outputs(seed: int) -> StepOutputs:
                        teacher_features=teacher)
 
 
-def test_plan_every_1_equals_no_reuse_in_loss_and_gradient() -> None:
-    """Training mode with plan_every=1 against eval mode, which never reuses a plan."""
-    reused, fresh = ot_method(plan_every=1), ot_method(plan_every=1).eval()
+@pytest.mark.parametrize("explicit", [{}, {"plan_lag": 0}])
+def test_plan_every_1_equals_no_reuse_in_loss_and_gradient(explicit: dict[str, int]) -> None:
+    """Training mode with plan_every=1 (and plan_lag=0, the default) against eval mode, which
+    never reuses a plan, and against ot_distance, bit for bit."""
+    reused, fresh = ot_method(plan_every=1, **explicit), ot_method(plan_every=1).eval()
     for seed in range(5):
         step, fresh_step, direct = step_outputs(seed), step_outputs(seed), step_outputs(seed)
         terms, fresh_terms = reused(step), fresh(fresh_step)
@@ -202,6 +205,62 @@ def test_eval_mode_always_solves_and_leaves_the_cache(monkeypatch: pytest.Monkey
     assert counter.calls == len(PAIRS) * 4
 
 
+def solved_neurons(step: StepOutputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {pair.key: ot_module.neuron_pair(step.teacher_features[pair.teacher],
+                                            step.student_features[pair.student].detach(),
+                                            OTSettings()) for pair in PAIRS}
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_plan_lag_uses_the_plans_solved_from_the_previous_solving_step(every: int) -> None:
+    """Step t's loss and gradient are <P, C> with the plan solved from step t − 1's features
+    (the last solving step before t with plan_every = k; the first step its own), computed
+    here independently on fresh copies of the features."""
+    method = ot_method(plan_lag=1, plan_every=every)
+    for index in range(8):
+        step, direct = step_outputs(index), step_outputs(index)
+        source = 0 if index == 0 else (index - 1) // every * every
+        plans = ot_module.solved_plans(solved_neurons(step_outputs(source)), OTSettings())
+        terms = method(step)
+        sum(terms.values()).backward()
+        for pair in PAIRS:
+            teacher, student = ot_module.neuron_pair(direct.teacher_features[pair.teacher],
+                                                     direct.student_features[pair.student],
+                                                     OTSettings())
+            expected = 0.1 * ot_module.plan_cost(plans[pair.key], teacher, student)
+            expected.backward()
+            assert torch.equal(terms[f"ot/{pair.key}"], expected), (index, pair.key)
+            assert torch.equal(step.student_features[pair.student].grad,
+                               direct.student_features[pair.student].grad)
+
+
+def test_plan_lag_solves_off_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first step solves in place; later solves run on the pipeline's thread, once
+    per plan_every steps, and eval mode still solves in place without touching them."""
+    threads: list[str] = []
+    solve = ot_module.solved_plans
+
+    def recording(*args: object) -> dict[str, torch.Tensor]:
+        threads.append(threading.current_thread().name)
+        return solve(*args)
+
+    monkeypatch.setattr(ot_module, "solved_plans", recording)
+    method = ot_method(plan_lag=1, plan_every=2)
+    for index in range(5):  # solves at steps 0 (in place), 2 and 4 (pipelined)
+        method(step_outputs(index))
+    assert threads[0] == threading.current_thread().name
+    method.eval()
+    method(step_outputs(9))
+    method._pipeline.collect()  # step 4's solve may still be running
+    assert sorted(name.split("_")[0] for name in threads) == \
+           ["MainThread", "MainThread", "ot-plans", "ot-plans"]
+
+
+def test_plan_lag_must_be_0_or_1() -> None:
+    with pytest.raises(ConfigError, match="plan_lag"):
+        ot_method(plan_lag=2)
+
+
 def test_plan_every_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="plan_every must be >= 1"):
         ot_method(plan_every=0)
@@ -252,7 +311,7 @@ def test_quick_perf_run_writes_json_with_ratios_of_medians(
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert {"machine", "settings", "ot_layers", "methods", "plan_reuse", "data_path",
-            "diagnostics"} <= set(result)
+            "diagnostics", "wide_layers"} <= set(result)
     assert {"cpu_count", "torch", "device"} <= set(result["machine"])
     assert result["machine"]["torch"] == torch.__version__
 
@@ -284,3 +343,24 @@ def test_quick_perf_run_writes_json_with_ratios_of_medians(
     assert diagnostics["layers"] == 3
     assert diagnostics["ratio_to_step"] == diagnostics["diagnostics_ms"] / diagnostics["step_ms"]
     assert f"{diagnostics['ratio_to_step']:.3f}" in printed
+
+    wide = result["wide_layers"]  # --quick: ResNet-50's first stage at batch 1
+    assert {(r["width"], r["dim"]) for r in wide} == {(256, 56 * 56)}
+    for row in wide:
+        assert row["setting"] in {perf.POT_USER, *perf.WIDE_SETTINGS}
+        anchor = next(r for r in wide if r["width"] == row["width"]
+                      and r["setting"] == perf.POT_USER)
+        assert row["ratio_to_pot_user"] == row["blocking_ms"] / anchor["blocking_ms"]
+        assert f"{row['ratio_to_pot_user']:.3f}" in printed
+
+
+def test_pot_user_anchor_is_omega_with_pot_gradient() -> None:
+    """The anchor computes the same Ω as otbench's exact OT, and its gradient reaches the
+    student through POT."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(3, 6, 2, 2, generator=g).relu()
+    student = torch.randn(3, 6, 2, 2, generator=g).relu().requires_grad_()
+    value = perf._pot_user_step(teacher, student)
+    value.backward()
+    assert value.item() == pytest.approx(ot_distance(teacher, student).item(), rel=1e-5)
+    assert student.grad is not None and student.grad.abs().sum() > 0

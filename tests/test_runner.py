@@ -99,9 +99,10 @@ def test_a_teacher_run_left_running_by_a_dead_process_is_closed_on_retraining(tm
     assert "process died" in client.get_run(dead).data.tags["stopped_reason"]
 
 
-def test_training_is_reproducible_for_a_seed(tmp_path) -> None:
-    first = execute_run(config("cross", tmp_path, "method=ot"), progress=False)
-    second = execute_run(config("cross", tmp_path, "method=ot"), progress=False)
+@pytest.mark.parametrize("params", [[], ["params.plan_lag=1"]])
+def test_training_is_reproducible_for_a_seed(tmp_path, params: list[str]) -> None:
+    first = execute_run(config("cross", tmp_path, "method=ot", *params), progress=False)
+    second = execute_run(config("cross", tmp_path, "method=ot", *params), progress=False)
     assert [h.train_loss for h in first.history] == [h.train_loss for h in second.history]
 
 

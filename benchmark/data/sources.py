@@ -24,6 +24,8 @@ from torch import Tensor
 
 from otbench.errors import ConfigError
 
+from .generated import is_generated, unverified
+
 #: Decoder for one pool: (pool, indices, image_size, device) -> uint8 (N, C, S, S) on device.
 ImageFn = Callable[[str, np.ndarray, int, torch.device], Tensor]
 #: Stored sizes (width, height) of a pool's images at some indices, read without decoding.
@@ -181,7 +183,8 @@ def _mnist_like(cls_name: str, display: str) -> Callable[[Path | None, Path, boo
 
 
 def _cifar(cls_name: str, display: str) -> Callable[[Path | None, Path, bool], Source]:
-    """Opener for torchvision's CIFAR-10/100 (python pickle batches)."""
+    """Opener for torchvision's CIFAR-10/100 (python pickle batches); a generated folder's
+    files are read without the official md5 sums."""
 
     @lru_cache(maxsize=1)
     def open_(root: Path | None, data_dir: Path, download: bool) -> Source:
@@ -189,6 +192,8 @@ def _cifar(cls_name: str, display: str) -> Callable[[Path | None, Path, bool], S
 
         cls = getattr(tvd, cls_name)
         folder = data_dir / cls.base_folder
+        if is_generated(folder):
+            cls = unverified(cls)
         pools, names = [], ()
         for train in (True, False):
             ds = _construct(cls, data_dir, train, download, display, folder)
