@@ -22,10 +22,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
-import ot
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from otbench.errors import ConfigError
@@ -149,6 +147,9 @@ def solver_cost(cost: np.ndarray) -> np.ndarray:
 
 
 def _exact_plan(cost: np.ndarray) -> np.ndarray:
+    import ot  # POT (with the scikit-learn it loads) and scipy.optimize only once a plan is
+    #            solved: listing or checking methods stays quick
+
     n_t, n_s = cost.shape
     plan, log = ot.emd(uniform_weights(n_t), uniform_weights(n_s), cost,
                        numItermax=EMD_MAX_ITER, log=True)
@@ -159,6 +160,8 @@ def _exact_plan(cost: np.ndarray) -> np.ndarray:
 
 
 def _assignment_plan(cost: np.ndarray) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment  # see _exact_plan
+
     n_t, n_s = cost.shape
     if n_t != n_s:
         raise ConfigError(f"solver 'assignment' needs equal widths, got {n_t} teacher and "
@@ -176,6 +179,8 @@ def _sinkhorn_plan(cost: np.ndarray, settings: OTSettings) -> np.ndarray:
 def sinkhorn_plan(cost: np.ndarray, reg: float, settings: OTSettings) -> np.ndarray:
     """Log-domain Sinkhorn plan for uniform weights at absolute ``reg``, with an explicit
     marginal check that warns when it did not converge (POT's own warning is easy to miss)."""
+    import ot  # see _exact_plan
+
     n_t, n_s = cost.shape
     a, b = uniform_weights(n_t), uniform_weights(n_s)
     plan = ot.sinkhorn(a, b, cost, reg, method="sinkhorn_log",

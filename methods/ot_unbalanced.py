@@ -31,7 +31,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -93,6 +92,8 @@ def unbalanced_plan(cost: Tensor, rho: float, epsilon: float, solver: str = "sin
     ``sinkhorn`` runs POT's translation-invariant solver and, where its kernel underflows,
     the same iterations in the log domain (:func:`log_translation_invariant`).
     """
+    import ot  # POT only once a plan is solved (see ot._exact_plan)
+
     cost = cost.detach().to(torch.float64)
     cost64 = cost.cpu().numpy()
     n_t, n_s = cost64.shape
