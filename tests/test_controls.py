@@ -9,6 +9,7 @@ import pandas as pd
 import yaml
 
 from otbench.benchmark import cli
+from otbench.reports import report_dir
 from otbench.sweeps.suite import bundled_folder
 
 SUITES = Path(str(bundled_folder()))
@@ -30,11 +31,12 @@ def test_small_controls_mark_the_known_effect_only(tmp_path, isolated_plugins) -
     results = tmp_path / "results"
     assert cli.main(["sweep", str(small_controls(tmp_path)), "--results-dir", str(results),
                      "--quiet"]) == 0
-    summary = pd.read_csv(results / "report" / "summary.csv").set_index("method")
+    report = report_dir(results, "controls-small")
+    summary = pd.read_csv(report / "summary.csv").set_index("method")
     assert summary.loc["scratch", "significant"]  # the teacher start helps ...
     assert summary.loc["scratch", "diff_high"] < 0  # ... and scratch is the worse one
     assert not summary.loc["finetune-copy", "significant"]
     assert summary.loc["finetune-copy", "diff"] == 0  # same seeds, same draws: same runs
-    table = (results / "report" / "table.md").read_text()
+    table = (report / "table.md").read_text()
     assert "†: differs from Fine-tune at level 0.05 after Holm's correction" in table
     assert "| scratch − Fine-tune |" in table
