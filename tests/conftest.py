@@ -14,4 +14,6 @@ def isolated_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     afterwards: other tests see only the built-in methods."""
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     monkeypatch.setattr(plugins, "_loaded", set(plugins._loaded))
-    monkeypatch.delenv(plugins.ENV_VAR, raising=False)
+    # setenv, not delenv: delenv of an unset variable records nothing to undo, so a plugin
+    # list that load_plugins exports during the test would outlive it
+    monkeypatch.setenv(plugins.ENV_VAR, "")
