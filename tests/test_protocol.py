@@ -21,6 +21,7 @@ from otbench.benchmark.tracking import default_tracking_uri
 from otbench.methods import get_method
 from otbench.reports.options import ReportOptions
 from otbench.reports.tables import Column, final_results, render_markdown, summarize
+from otbench.sweeps import final
 from otbench.sweeps.driver import queue_defaults
 from otbench.sweeps.space import build_space, suggest
 
@@ -177,3 +178,11 @@ def test_the_caption_states_each_columns_protocol() -> None:
     text = render_markdown(table)
     assert f"Protocol (CIFAR-100 (a)): {refit}." in text
     assert f"Protocol (CIFAR-100 (b)): {held}." in text
+
+
+def test_a_final_seed_is_valued_by_validation_and_a_refit_one_by_nothing_held_out() -> None:
+    """A final study's value never carries the test score, so its best_trial cannot pick a
+    seed by test; a refit seed has no held-out validation (NaN would fail the trial)."""
+    assert final.seed_value(0.875, refit=False) == 0.875
+    assert final.seed_value(None, refit=True) == 0.0
+    assert final.seed_value(float("nan"), refit=True) == 0.0
