@@ -10,10 +10,10 @@ import copy
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -192,7 +192,7 @@ def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
     """Configured or default (by stage) pairs, with per-example feature shapes; computed for
     every method, since the diagnostics compare these layers whatever the method reads
     (the method itself uses :func:`method_pairs`)."""
-    names = plan.config.layers or default_layer_pairs(plan.teacher_spec, plan.student_spec)
+    names = pair_names(plan)
     weights = plan.config.layer_weights or [1.0] * len(names)
     if len(weights) != len(names):
         raise ConfigError(f"layer_weights has {len(weights)} values for {len(names)} layer "
@@ -204,10 +204,19 @@ def layer_pairs(plan: RunPlan, teacher: nn.Module, student: nn.Module,
             for (t, s), w in zip(names, weights, strict=True)]
 
 
-def method_pairs(plan: RunPlan, pairs: list[LayerPair]) -> list[LayerPair]:
-    """The pairs the method uses: the configured ``layers`` all, else the stage pairs its
-    ``layers`` property chooses (e.g. FitNets' middle stage)."""
-    return pairs if plan.config.layers else default_pairs(pairs, plan.method.layers)
+def pair_names(plan: RunPlan) -> list[tuple[str, str]]:
+    """The configured ``layers``, else the teacher and student stages paired by
+    :func:`default_layer_pairs`: ``(teacher tap, student tap)`` names, shallow to deep."""
+    return plan.config.layers or default_layer_pairs(plan.teacher_spec, plan.student_spec)
+
+
+Pair = TypeVar("Pair")
+
+
+def method_pairs(plan: RunPlan, pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs (objects or names) the method uses: the configured ``layers`` all, else the
+    stage pairs its ``layers`` property chooses (e.g. FitNets' middle stage)."""
+    return list(pairs) if plan.config.layers else default_pairs(pairs, plan.method.layers)
 
 
 def refit_data(task: TaskData) -> TaskData:

@@ -151,8 +151,7 @@ def refit_size(task: TaskSpec) -> str:
 
 def study_setup(spec: StudySpec) -> str:
     """The study's optimizer and the layer pairs its method uses."""
-    from otbench.benchmark.models import default_layer_pairs
-    from otbench.methods.base import default_pairs
+    from otbench.benchmark.runner import method_pairs, pair_names
     from otbench.methods.catalog import LAYER_TEXT
 
     cfg = spec.plan.config
@@ -160,9 +159,7 @@ def study_setup(spec: StudySpec) -> str:
     momentum = ("" if train.optimizer != "sgd" else
                 f" momentum {train.momentum:g} ({'Nesterov' if train.nesterov else 'plain'})")
     optimizer = f"{train.optimizer} lr {train.lr:g}{momentum} weight decay {train.weight_decay:g}"
-    pairs = cfg.layers or default_pairs(default_layer_pairs(spec.plan.teacher_spec,
-                                                           spec.plan.student_spec),
-                                        spec.plan.method.layers)
+    pairs = method_pairs(spec.plan, pair_names(spec.plan))
     if not spec.plan.method.needs_layer_pairs:
         layers = "no layer pairs"
     else:

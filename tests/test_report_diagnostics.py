@@ -25,6 +25,7 @@ from otbench.reports.figures.diagnostics import (
     diagnostic_curves,
     plan_heatmaps,
     plan_order,
+    recorded_marker,
 )
 from otbench.reports.representation import (
     curve_data,
@@ -207,6 +208,15 @@ def test_curve_figures_have_one_series_per_method_per_panel(setup) -> None:
     line = stability.axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [1, 2, 3]
     assert line.get_ydata() == pytest.approx([0.5, 0.25, 0.5 / 3])
+    assert line.get_marker() in (None, "None")  # every epoch recorded: a plain line
+
+
+@pytest.mark.parametrize(("epochs", "marked"), [([0, 1, 2, 3], False), ([0, 4, 8, 12], True),
+                                                ([0, 12], True), ([12], True)])
+def test_sparse_records_are_marked(epochs: list[int], marked: bool) -> None:
+    """Skipped epochs (``diagnostics_every``) mark the recorded ones, and a lone record (the
+    stability of a run recorded at its first and last epoch only) is a visible point."""
+    assert (recorded_marker(np.asarray(epochs)) is not None) == marked
 
 
 def test_curve_grid_keeps_long_tick_labels_apart(setup) -> None:

@@ -26,10 +26,18 @@ def _method_curves(ax: Any, data: CurveData, key: str) -> None:
     for method, label in data.methods:
         if method in present:
             curve = rows.xs(method, level="method")
-            band(ax, curve.index.to_numpy(), curve["mean"].to_numpy(), curve["std"].to_numpy(),
-                 method_color(method), label)
+            epochs = curve.index.to_numpy()
+            band(ax, epochs, curve["mean"].to_numpy(), curve["std"].to_numpy(),
+                 method_color(method), label, marker=recorded_marker(epochs))
     ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+
+
+def recorded_marker(epochs: np.ndarray) -> str | None:
+    """A marker on each recorded epoch when epochs were skipped (``diagnostics_every`` > 1)
+    or only one was recorded: the lines between records are interpolation, and a lone point
+    has no line to show it."""
+    return "o" if len(epochs) < 2 or (np.diff(epochs) > 1).any() else None
 
 
 @styled
