@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -277,6 +278,20 @@ def check_applicable(cls: type[TransferMethod], scenario: str, *, same_architect
     if cls.needs_layer_pairs and not has_pairs:
         raise ConfigError(f"method {cls.name!r} needs at least one layer pair; set "
                           "'layers' in the config or use models that declare feature taps")
+
+
+#: The ``β/2 · ||w_head||²`` weight L2-SP and DELTA put on a transfer student's new head.
+HEAD_BETA = HyperParam(
+    "beta", "float", 0.01, 1e-4, 1.0, log=True, help="β, weight of ||w||² on the new head",
+    source="Transfer-Learning-Library --trade-off-head 0.01 (L2Regularization, ½||w||²), in "
+           "its L2-SP and DELTA examples alike; range: ours")
+
+
+def head_penalty(beta: float, params: Mapping[str, Tensor], head: Sequence[str],
+                 device: torch.device) -> Tensor:
+    """``β/2 · ||w_head||²`` over the named head parameters (0 when there are none)."""
+    norm = sum((params[n].pow(2).sum() for n in head), start=torch.zeros((), device=device))
+    return beta / 2 * norm
 
 
 def pair_features(step: StepOutputs, pair: LayerPair) -> tuple[Tensor, Tensor]:

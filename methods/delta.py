@@ -47,11 +47,13 @@ from torch import Tensor
 from otbench.errors import ConfigError
 
 from .base import (
+    HEAD_BETA,
     HyperParam,
     LayerPair,
     StepOutputs,
     TransferContext,
     TransferMethod,
+    head_penalty,
     pair_features,
     register_method,
 )
@@ -102,9 +104,7 @@ class DELTA(TransferMethod):
                    source="the authors' α = 0.01 summed over a batch of 64 (tllib "
                           "--trade-off-backbone 0.01) = 0.64 as a batch mean; range: ours, "
                           "about two decades either side"),
-        HyperParam("beta", "float", 0.01, 1e-4, 1.0, log=True,
-                   help="β, weight of ||w||² on the new head",
-                   source="the authors' β = 0.01 (tllib --trade-off-head 0.01); range: ours"),
+        HEAD_BETA,
         HyperParam("attention", "categorical", "energy", choices=ATTENTION, searchable=False,
                    help="channel weights: energy on the first batch (proxy for the paper's "
                         "loss increase), or uniform",
@@ -152,9 +152,8 @@ class DELTA(TransferMethod):
             loss = delta_feature_loss(student, start, self.channel_weights(pair))
             terms[f"delta/{pair.key}"] = self.hparams["alpha"] / 2 * pair.weight * loss
         params = dict(self.student[0].named_parameters())
-        head = sum((params[n].pow(2).sum() for n in self.head),
-                   start=torch.zeros((), device=step.student_logits.device))
-        terms["delta/head"] = self.hparams["beta"] / 2 * head
+        terms["delta/head"] = head_penalty(self.hparams["beta"], params, self.head,
+                                           step.student_logits.device)
         return terms
 
 

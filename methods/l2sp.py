@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import HyperParam, StepOutputs, TransferContext, TransferMethod, register_method
+from .base import (
+    HEAD_BETA,
+    HyperParam,
+    StepOutputs,
+    TransferContext,
+    TransferMethod,
+    head_penalty,
+    register_method,
+)
 
 
 @register_method("l2sp")
@@ -31,10 +39,7 @@ class L2SP(TransferMethod):
                    source="Transfer-Learning-Library delta.py example, --regularization-type "
                           "l2_sp --trade-off-backbone 0.01 (the paper selects α by "
                           "cross-validation); range: ours"),
-        HyperParam("beta", "float", 0.01, 1e-4, 1.0, log=True,
-                   help="weight of ||w||² on the new head",
-                   source="Transfer-Learning-Library delta.py example --trade-off-head 0.01 "
-                          "(L2Regularization, ½||w||²); range: ours"),
+        HEAD_BETA,
     )
 
     def __init__(self, context: TransferContext, **hparams: Any) -> None:
@@ -53,9 +58,9 @@ class L2SP(TransferMethod):
         params = dict(self.student[0].named_parameters())
         drift = torch.stack([(params[n] - getattr(self, _buffer_name(n))).pow(2).sum()
                              for n in self.shared_names]).sum()
-        head = torch.stack([params[n].pow(2).sum() for n in self.head]).sum()
         return {"l2sp/start": 0.5 * self.hparams["alpha"] * drift,
-                "l2sp/head": 0.5 * self.hparams["beta"] * head}
+                "l2sp/head": head_penalty(self.hparams["beta"], params, self.head,
+                                          drift.device)}
 
 
 def _buffer_name(param_name: str) -> str:
