@@ -209,6 +209,13 @@ def test_curve_figures_have_one_series_per_method_per_panel(setup) -> None:
     assert list(line.get_xdata()) == [1, 2, 3]
     assert line.get_ydata() == pytest.approx([0.5, 0.25, 0.5 / 3])
     assert line.get_marker() in (None, "None")  # every epoch recorded: a plain line
+    ends = histories[histories.step.isin([0, EPOCHS])]  # as under diagnostics_every >= EPOCHS
+    sparse = diagnostic_curves(curve_data(runs, ends, table, column_a(), ("ot", "stability"),
+                                          list(LAYERS)))
+    for ax in sparse.axes:
+        assert all(line.get_marker() == "o" for line in ax.get_lines())
+    lone = sparse.axes[len(LAYERS)].get_lines()[0]  # stability: one value, at the last epoch
+    assert list(lone.get_xdata()) == [EPOCHS]
 
 
 @pytest.mark.parametrize(("epochs", "marked"), [([0, 1, 2, 3], False), ([0, 4, 8, 12], True),
